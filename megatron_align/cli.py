@@ -1,0 +1,72 @@
+"""`megatron-align <command>`: the one place where commands are registered.
+
+Each command lives in a module exposing ``add_arguments(parser)`` and ``run(args) -> int``.
+Modules are imported only when their command runs, so ``--help`` stays fast and light.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import sys
+from dataclasses import dataclass
+from typing import Dict, List, Optional
+
+
+@dataclass(frozen=True)
+class Command:
+    module: str
+    help: str
+
+
+COMMANDS: Dict[str, Command] = {
+    "info": Command("megatron_align.commands.info", "versions, CUDA, and the backends a model would use"),
+    "demo": Command("megatron_align.commands.demo", "run the main job on the tiny bundled default (CPU)"),
+    "sft": Command("megatron_align.commands.sft", "supervised fine-tuning with sample packing"),
+    "preprocess": Command("megatron_align.commands.preprocess", "tokenize chat JSONL into megatron indexed binary files"),
+    "convert": Command("megatron_align.commands.convert", "convert checkpoints Hugging Face <-> Megatron"),
+    "logprobs": Command("megatron_align.commands.logprobs", "token log-probs of sequences under a checkpoint"),
+    "plot": Command("megatron_align.commands.plot", "plot loss and throughput of a run directory"),
+    "plan": Command("megatron_align.commands.plan", "memory and parallelism planner"),
+}
+
+
+def _available() -> Dict[str, Command]:
+    out = {}
+    for name, cmd in COMMANDS.items():
+        if importlib.util.find_spec(cmd.module) is not None:
+            out[name] = cmd
+    return out
+
+
+def build_parser(commands: Dict[str, Command]) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="megatron-align",
+        description="Alignment of large language models on Megatron-core (SFT, RM, GRPO/PPO, DPO, merging, PAS).",
+    )
+    from megatron_align import __version__
+
+    parser.add_argument("--version", action="version", version=f"megatron-align {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
+    for name, cmd in commands.items():
+        sub.add_parser(name, help=cmd.help, description=cmd.help, add_help=False)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    commands = _available()
+    if not argv or argv[0].startswith("-") or argv[0] not in commands:
+        parser = build_parser(commands)
+        if argv and not argv[0].startswith("-"):
+            parser.error(f"unknown command {argv[0]!r}; choose from: {', '.join(commands)}")
+        parser.parse_args(argv or ["--help"])
+        return 0
+    name, rest = argv[0], argv[1:]
+    module = importlib.import_module(commands[name].module)
+    parser = argparse.ArgumentParser(prog=f"megatron-align {name}", description=commands[name].help)
+    module.add_arguments(parser)
+    args = parser.parse_args(rest)
+    return int(module.run(args) or 0)

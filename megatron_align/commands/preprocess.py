@@ -1,0 +1,43 @@
+"""`megatron-align preprocess`: tokenize chat JSONL into megatron indexed binary files (.bin/.idx/.meta.json)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from megatron_align.data.config import DEFAULT_TOKENIZER, ON_BAD_LINE_CHOICES, OVERLONG_CHOICES, TEMPLATE_CHOICES
+
+    parser.add_argument("--input", required=True, help="chat JSONL file")
+    parser.add_argument("--output-prefix", required=True, help="writes <prefix>.bin, <prefix>.idx, <prefix>.meta.json")
+    parser.add_argument("--tokenizer", default=DEFAULT_TOKENIZER,
+                        help="directory with tokenizer.json, or the file (default: bundled tiny tokenizer)")
+    parser.add_argument("--template", choices=TEMPLATE_CHOICES, default=None,
+                        help="chat template (default: the --family default)")
+    parser.add_argument("--family", default=None, help="model family picking the default template (llama, qwen2, baichuan2)")
+    parser.add_argument("--system-prompt", default=None, help="system prompt for conversations without one")
+    parser.add_argument("--seq-length", type=int, default=None, help="apply the over-long policy at this length")
+    parser.add_argument("--overlong", choices=OVERLONG_CHOICES, default="truncate",
+                        help="samples longer than --seq-length: truncate or drop (default: truncate)")
+    parser.add_argument("--on-bad-line", choices=ON_BAD_LINE_CHOICES, default="error",
+                        help="malformed records: stop with file:line (error) or count and skip them")
+
+
+def run(args: argparse.Namespace) -> int:
+    from megatron_align.data.errors import DataError
+    from megatron_align.data.indexed import preprocess
+    from megatron_align.data.templates import resolve_template_name
+
+    try:
+        template = resolve_template_name(args.template, args.family)
+        if args.seq_length is not None and args.seq_length < 2:
+            raise ValueError(f"--seq-length must be >= 2, got {args.seq_length}")
+        stats = preprocess(args.input, args.output_prefix, args.tokenizer, template, seq_length=args.seq_length,
+                           overlong=args.overlong, on_bad_line=args.on_bad_line, system_prompt=args.system_prompt)
+    except (DataError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps({"output_prefix": args.output_prefix, "template": template, **stats.as_dict()}))
+    return 0

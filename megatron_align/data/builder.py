@@ -1,0 +1,89 @@
+"""From a :class:`DataConfig` to datasets, and from a global batch to one DP rank's micro-batches.
+
+The trainer's per-step data path::
+
+    data = build_data(cfg.data, family="llama")                  # tokenizer, template, train/eval datasets
+    sampler = GlobalBatchSampler(len(data.train), global_batch_size, cfg.data.seed, cfg.data.shuffle, epochs=..)
+    for global_ids in sampler:                                   # global_batch_size SAMPLE indices
+        mbs = rank_micro_batches(data.train, global_ids, dp_rank, dp_size, cfg.data, micro_batch_size)
+        n = all_reduce_max(len(mbs)); mbs = pad_micro_batches(mbs, n, cfg.data.seq_length, micro_batch_size,
+                                                              data.tokenizer.pad_id)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+from typing import List, Optional, Sequence
+
+from megatron_align.data.batch import MicroBatch, make_micro_batches
+from megatron_align.data.config import DataConfig
+from megatron_align.data.errors import DataError
+from megatron_align.data.indexed import IndexedChatDataset, file_sha256, index_exists, read_meta
+from megatron_align.data.jsonl import JsonlChatDataset
+from megatron_align.data.packing import pack_lengths, token_utilization
+from megatron_align.data.samples import ChatDataset, DataStats
+from megatron_align.data.sampler import shard_for_rank
+from megatron_align.data.templates import ChatTemplate, build_template, resolve_template_name
+from megatron_align.data.tokenizer import ChatTokenizer, load_tokenizer
+
+
+@dataclass
+class DataBundle:
+    tokenizer: ChatTokenizer
+    template: ChatTemplate
+    train: ChatDataset
+    eval: Optional[ChatDataset]
+
+
+def open_dataset(path: str, cfg: DataConfig, tokenizer: ChatTokenizer, template: ChatTemplate) -> ChatDataset:
+    """A JSONL file (``*.jsonl`` or any existing file) or an indexed prefix (``<path>.bin/.idx``)."""
+    prefix = path[:-4] if path.endswith((".bin", ".idx")) else path
+    if index_exists(prefix) and not path.endswith(".jsonl"):
+        meta = read_meta(prefix)
+        if meta["template"] != template.name or meta.get("system_prompt") != template.system_prompt:
+            raise DataError(prefix, None, f"built with template {meta['template']!r} and system prompt "
+                            f"{meta.get('system_prompt')!r}, but this run uses {template.name!r} and "
+                            f"{template.system_prompt!r}; re-run preprocess")
+        if meta["tokenizer_sha256"] != file_sha256(tokenizer.file):
+            raise DataError(prefix, None, f"built with tokenizer {meta['tokenizer']}, which differs from "
+                                          f"{tokenizer.file}; re-run preprocess")
+        return IndexedChatDataset(prefix, cfg.seq_length, cfg.overlong)
+    if os.path.isfile(path) or path.endswith(".jsonl"):
+        return JsonlChatDataset(path, template, cfg.seq_length, cfg.overlong, cfg.on_bad_line)
+    raise DataError(path, None, "no such file, and no indexed dataset <path>.bin/.idx/.meta.json")
+
+
+def build_data(cfg: DataConfig, family: Optional[str] = None) -> DataBundle:
+    """Validate ``cfg``, load the tokenizer and template (``cfg.template`` or the family default), open datasets."""
+    cfg.validate()
+    tokenizer = load_tokenizer(cfg.tokenizer)
+    template = build_template(resolve_template_name(cfg.template, family), tokenizer, cfg.system_prompt)
+    train = open_dataset(cfg.path, cfg, tokenizer, template)
+    evalds = open_dataset(cfg.eval_path, cfg, tokenizer, template) if cfg.eval_path else None
+    return DataBundle(tokenizer, template, train, evalds)
+
+
+def rank_micro_batches(dataset: ChatDataset, global_ids: Sequence[int], dp_rank: int, dp_size: int,
+                       cfg: DataConfig, micro_batch_size: int, pad_id: int = 0) -> List[MicroBatch]:
+    """This DP rank's share of one global batch, packed or padded per ``cfg.packing``."""
+    lengths = dataset.lengths[list(global_ids)] if cfg.balance_dp_by_tokens else None
+    mine = shard_for_rank(global_ids, dp_rank, dp_size, lengths)
+    return make_micro_batches(dataset.get_samples(mine), cfg.seq_length, micro_batch_size, cfg.packing, pad_id)
+
+
+def packing_stats(dataset: ChatDataset, seq_length: int) -> DataStats:
+    """The dataset's stats plus the utilisation of best-fit-decreasing packing of the whole dataset
+    (an upper bound on what per-step packing reaches; see :func:`micro_batch_utilization`)."""
+    bins = pack_lengths(dataset.lengths, seq_length)
+    stats = dataclasses.replace(dataset.stats)
+    stats.n_bins = len(bins)
+    stats.token_utilization = token_utilization(dataset.lengths, len(bins), seq_length)
+    return stats
+
+
+def micro_batch_utilization(micro_batches: Sequence[MicroBatch]) -> float:
+    """Real tokens / token slots over the non-padding micro-batches actually built."""
+    slots = sum(mb.tokens.numel() for mb in micro_batches if not mb.is_padding)
+    return sum(mb.num_real_tokens for mb in micro_batches) / slots if slots else 0.0

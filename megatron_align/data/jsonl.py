@@ -1,0 +1,100 @@
+"""Reading chat JSONL (with file:line errors or counted skips) and the in-memory tokenized dataset."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Iterator, List, Optional, Tuple
+
+import numpy as np
+
+from megatron_align.data.config import ON_BAD_LINE_CHOICES
+from megatron_align.data.errors import DataError
+from megatron_align.data.samples import (ChatDataset, DataStats, Sample, has_target_after_first,
+                                         overlong_action)
+from megatron_align.data.schema import Conversation, parse_record
+from megatron_align.data.templates import ChatTemplate
+
+
+
+def iter_conversations(path: str, on_bad_line: str = "error",
+                       skipped: Optional[List[int]] = None) -> Iterator[Tuple[int, Conversation]]:
+    """Yield (line number, Conversation) for each record of a JSONL file.
+
+    Blank lines carry no record and are passed over. A bad record raises ``DataError(path:line: reason)``
+    or, with ``on_bad_line="skip"``, is skipped and its line number appended to ``skipped``. A missing
+    file, an empty file and a file with no valid record raise ``DataError``.
+    """
+    if on_bad_line not in ON_BAD_LINE_CHOICES:
+        raise ValueError(f"on_bad_line must be one of {ON_BAD_LINE_CHOICES}, got {on_bad_line!r}")
+    if not os.path.exists(path):
+        raise DataError(path, None, "no such file")
+    if os.path.isdir(path):
+        raise DataError(path, None, "is a directory, expected a JSONL file")
+    skipped = [] if skipped is None else skipped
+    n_good = n_records = 0
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            if not raw.strip():
+                continue
+            n_records += 1
+            try:
+                try:
+                    text = raw.decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    raise ValueError(f"not valid UTF-8 ({exc.reason} at byte {exc.start})") from None
+                try:
+                    obj = json.loads(text)
+                except json.JSONDecodeError as exc:
+                    raise ValueError(f"malformed JSON: {exc.msg} (column {exc.colno})") from None
+                conv = parse_record(obj)
+            except ValueError as exc:
+                if on_bad_line == "error":
+                    raise DataError(path, lineno, str(exc)) from None
+                skipped.append(lineno)
+                continue
+            n_good += 1
+            yield lineno, conv
+    if n_records == 0:
+        raise DataError(path, None, "file is empty (no JSONL records)")
+    if n_good == 0:
+        raise DataError(path, None, f"no valid record: all {n_records} records were bad and skipped")
+
+
+def iter_tokenized(path: str, template: ChatTemplate, stats: DataStats, seq_length: Optional[int] = None,
+                   overlong: str = "truncate", on_bad_line: str = "error"
+                   ) -> Iterator[Tuple[np.ndarray, np.ndarray, Optional[str]]]:
+    """Tokenize the records of ``path`` with ``template`` and apply the over-long policy, counting in ``stats``.
+
+    Yields (input_ids int64 [L], target_mask uint8 [L], category) with L <= seq_length. A truncated sample
+    left without any loss token is dropped (counted in ``n_dropped``)."""
+    skipped: List[int] = []
+    for _, conv in iter_conversations(path, on_bad_line, skipped):
+        enc = template.encode(conv.messages)
+        ids = np.asarray(enc.ids, dtype=np.int64)
+        mask = np.asarray(enc.target_mask, dtype=np.uint8)
+        action = overlong_action(len(ids), seq_length, overlong)
+        if action == "drop" or (action == "truncate" and not has_target_after_first(mask, seq_length)):
+            stats.n_dropped += 1
+            continue
+        if action == "truncate":
+            ids, mask = ids[:seq_length], mask[:seq_length]
+            stats.n_truncated += 1
+        stats.n_samples += 1
+        yield ids, mask, conv.category
+    stats.n_skipped_bad += len(skipped)
+
+
+class JsonlChatDataset(ChatDataset):
+    """A chat JSONL file, tokenized in memory at construction (small and medium corpora)."""
+
+    def __init__(self, path: str, template: ChatTemplate, seq_length: Optional[int] = None,
+                 overlong: str = "truncate", on_bad_line: str = "error") -> None:
+        self.path = path
+        self.stats = DataStats()
+        self._items = list(iter_tokenized(path, template, self.stats, seq_length, overlong, on_bad_line))
+        self.lengths = np.asarray([len(ids) for ids, _, _ in self._items], dtype=np.int64)
+
+    def __getitem__(self, idx: int) -> Sample:
+        ids, mask, category = self._items[idx]
+        return Sample(int(idx), ids, mask, category)

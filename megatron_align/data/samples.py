@@ -1,0 +1,73 @@
+"""Tokenized samples, the over-long policy, and the stats every dataset and packer reports."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import List, Optional, Sequence
+
+import numpy as np
+
+
+@dataclass
+class Sample:
+    """One tokenized conversation. ``target_mask[i] == 1`` iff token i is a loss (assistant) token."""
+
+    sample_id: int
+    input_ids: np.ndarray  # int64 [L]
+    target_mask: np.ndarray  # uint8 [L]
+    category: Optional[str] = None
+
+    def __len__(self) -> int:
+        return int(self.input_ids.shape[0])
+
+
+@dataclass
+class DataStats:
+    """Counts of a dataset build (and, once packed, the packer's token utilisation).
+
+    n_samples: samples kept; n_truncated: kept after cutting to seq_length; n_dropped: over-long samples
+    dropped (``overlong="drop"``, or truncated to no loss token at all); n_skipped_bad: malformed records
+    skipped (``on_bad_line="skip"``); token_utilization: real tokens / (bins * seq_length), None before packing.
+    """
+
+    n_samples: int = 0
+    n_truncated: int = 0
+    n_dropped: int = 0
+    n_skipped_bad: int = 0
+    token_utilization: Optional[float] = None
+    n_bins: Optional[int] = None
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def overlong_action(length: int, seq_length: Optional[int], overlong: str) -> str:
+    """'keep', 'truncate' or 'drop' for a sample of ``length`` tokens."""
+    if seq_length is None or length <= seq_length:
+        return "keep"
+    if overlong == "drop":
+        return "drop"
+    if overlong == "truncate":
+        return "truncate"
+    raise ValueError(f"overlong must be 'truncate' or 'drop', got {overlong!r}")
+
+
+def has_target_after_first(target_mask: np.ndarray, length: int) -> bool:
+    """True when some token at position 1..length-1 is a loss token (position 0 is never a label)."""
+    return bool(np.any(target_mask[1:length]))
+
+
+class ChatDataset:
+    """What the trainer sees, whatever the storage: ``len``, ``ds[i] -> Sample``, ``lengths``, ``stats``."""
+
+    lengths: np.ndarray  # int64 [N], tokens per sample after the over-long policy
+    stats: DataStats
+
+    def __len__(self) -> int:
+        return int(self.lengths.shape[0])
+
+    def __getitem__(self, idx: int) -> Sample:
+        raise NotImplementedError
+
+    def get_samples(self, ids: Sequence[int]) -> List[Sample]:
+        return [self[int(i)] for i in ids]

@@ -1,0 +1,36 @@
+"""Language-model loss of one micro-batch: a *sum* over loss tokens plus the token count.
+
+Megatron's schedules run with ``calculate_per_token_loss=True``: the sums of all micro-batches
+are back-propagated as they are, and ``finalize_model_grads`` divides the gradients by the
+global count of loss tokens (all-reduced over data-parallel ranks). The reported loss is
+sum / count over the global batch. So the objective is the token-level mean over the whole
+global batch, independent of how samples were packed or split into micro-batches.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, Tuple
+
+import torch
+
+from megatron_align.engine.inputs import IGNORE_INDEX, ModelInputs
+
+
+def lm_loss(inputs: ModelInputs, loss_backend: str, logits: torch.Tensor
+            ) -> Tuple[torch.Tensor, torch.Tensor, Dict[str, torch.Tensor]]:
+    """logits [b, s, V_local] (this TP rank's vocab shard) -> (loss_sum, num_tokens, report)."""
+    from megatron.core import parallel_state
+
+    from megatron_align.ops.loss_backends import get_ce_backend
+
+    mask = inputs.loss_mask.to(torch.float32)
+    labels = inputs.labels.masked_fill(mask == 0, IGNORE_INDEX)
+    tp_group = parallel_state.get_tensor_model_parallel_group() \
+        if parallel_state.get_tensor_model_parallel_world_size() > 1 else None
+    ce = get_ce_backend(loss_backend)
+    per_token = ce(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), tp_group=tp_group,
+                   ignore_index=IGNORE_INDEX)
+    loss_sum = (per_token * mask.reshape(-1)).sum()
+    num_tokens = mask.sum().to(torch.int)
+    report = torch.stack([loss_sum.detach().float(), mask.sum().detach().float()])
+    return loss_sum, num_tokens, {"lm_loss": report}

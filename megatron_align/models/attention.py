@@ -1,0 +1,118 @@
+"""Core attention for packed sequences in the local (non-TE) layer spec.
+
+Samples packed into one row must not see each other. The model passes, in place of megatron's
+attention mask, a *document id* tensor ``[b, s]`` (token -> index of its sample in the row);
+attention is causal within a document and blocked across documents. Two backends:
+
+- ``sdpa``: a block-diagonal causal boolean mask through ``scaled_dot_product_attention``
+  (runs everywhere; memory O(s^2) per row, fine for CPU tests and short rows);
+- ``flex``: FlexAttention with a document mask (GPU; O(s) memory, block-sparse).
+
+With ``attention_mask=None`` both are plain causal attention. GQA is handled by the kernel
+(``enable_gqa``); tensor parallelism needs nothing here (heads are already split).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Dict, Optional
+
+import torch
+import torch.nn.functional as F
+from megatron.core import tensor_parallel
+from megatron.core.transformer.module import MegatronModule
+
+
+def document_causal_mask(doc_ids: torch.Tensor) -> torch.Tensor:
+    """doc_ids [b, s] -> bool [b, 1, s, s], True where attention is allowed."""
+    s = doc_ids.shape[-1]
+    same = doc_ids[:, :, None] == doc_ids[:, None, :]
+    causal = torch.ones(s, s, dtype=torch.bool, device=doc_ids.device).tril()
+    return (same & causal).unsqueeze(1)
+
+
+def _sdpa(q, k, v, doc_ids, dropout_p, scale):
+    # q [b, np, s, hn], k/v [b, ng, s, hn]
+    if doc_ids is None:
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True, scale=scale,
+                                              enable_gqa=q.shape[1] != k.shape[1])
+    mask = document_causal_mask(doc_ids)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, scale=scale,
+                                          enable_gqa=q.shape[1] != k.shape[1])
+
+
+_FLEX_COMPILED: Dict[str, Callable] = {}
+
+
+def _flex(q, k, v, doc_ids, dropout_p, scale):
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+    if dropout_p:
+        raise ValueError("model.attention_backend=flex does not support attention dropout")
+    b, _, s, _ = q.shape
+    if doc_ids is None:
+        def mask_mod(bi, h, qi, ki):
+            return qi >= ki
+    else:
+        def mask_mod(bi, h, qi, ki):
+            return (doc_ids[bi, qi] == doc_ids[bi, ki]) & (qi >= ki)
+    block_mask = create_block_mask(mask_mod, b, None, s, s, device=q.device)
+    fn = flex_attention
+    if q.is_cuda:
+        fn = _FLEX_COMPILED.setdefault("flex", torch.compile(flex_attention, dynamic=False))
+    return fn(q, k, v, block_mask=block_mask, scale=scale, enable_gqa=q.shape[1] != k.shape[1])
+
+
+ATTENTION_KERNELS: Dict[str, Callable] = {"sdpa": _sdpa, "flex": _flex}
+
+
+class PackedCoreAttention(MegatronModule):
+    """Drop-in for megatron's DotProductAttention that understands document ids."""
+
+    backend = "sdpa"
+
+    def __init__(self, config, layer_number: int, attn_mask_type, attention_type: str,
+                 attention_dropout: Optional[float] = None, softmax_scale: Optional[float] = None,
+                 cp_comm_type: Optional[str] = None, pg_collection=None) -> None:
+        super().__init__(config=config)
+        if config.context_parallel_size > 1:
+            raise ValueError("parallel.cp > 1 needs the Transformer Engine spec (model.transformer_impl=te)")
+        self.dropout_p = config.attention_dropout if attention_dropout is None else attention_dropout
+        kv = config.kv_channels
+        self.softmax_scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(kv)
+        self.kernel = ATTENTION_KERNELS[self.backend]
+
+    def forward(self, query, key, value, attention_mask, attn_mask_type=None, attention_bias=None,
+                packed_seq_params=None):
+        if packed_seq_params is not None:
+            raise ValueError("PackedCoreAttention takes document ids as the attention mask, not PackedSeqParams")
+        if attention_bias is not None:
+            raise ValueError("attention_bias is not supported by PackedCoreAttention")
+        sq, b, np_, hn = query.shape
+        q, k, v = (t.permute(1, 2, 0, 3) for t in (query, key, value))  # [b, heads, s, hn]
+        dropout_p = self.dropout_p if self.training else 0.0
+        if dropout_p:
+            with tensor_parallel.get_cuda_rng_tracker().fork():
+                out = self.kernel(q, k, v, attention_mask, dropout_p, self.softmax_scale)
+        else:
+            out = self.kernel(q, k, v, attention_mask, 0.0, self.softmax_scale)
+        return out.permute(2, 0, 1, 3).reshape(sq, b, np_ * hn)
+
+
+class SdpaCoreAttention(PackedCoreAttention):
+    backend = "sdpa"
+
+
+class FlexCoreAttention(PackedCoreAttention):
+    backend = "flex"
+
+
+ATTENTION_CLASSES: Dict[str, type] = {"sdpa": SdpaCoreAttention, "flex": FlexCoreAttention}
+
+
+def attention_class(backend: str) -> type:
+    """The core-attention class for ``backend`` (the spec chooses it, not branches in forward)."""
+    try:
+        return ATTENTION_CLASSES[backend]
+    except KeyError:
+        raise ValueError(f"model.attention_backend: unknown {backend!r}; known: {', '.join(ATTENTION_CLASSES)}") from None
