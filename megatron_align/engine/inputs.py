@@ -17,11 +17,12 @@ class ModelInputs:
     labels: torch.Tensor  # int64 [b, s], next-token ids
     loss_mask: torch.Tensor  # float [b, s]
     doc_ids: Optional[torch.Tensor] = None  # int64 [b, s]: sample of each token (attention isolation)
+    groups: Optional[torch.Tensor] = None  # int64 [b, s]: e.g. category of each token, for grouped eval loss
 
     def to(self, device: torch.device) -> "ModelInputs":
         move = lambda t: None if t is None else t.to(device, non_blocking=True)  # noqa: E731
         return ModelInputs(move(self.tokens), move(self.position_ids), move(self.labels), move(self.loss_mask),
-                           move(self.doc_ids))
+                           move(self.doc_ids), move(self.groups))
 
     @staticmethod
     def from_micro_batch(mb) -> "ModelInputs":

@@ -16,9 +16,8 @@ import torch
 from megatron_align.engine.inputs import IGNORE_INDEX, ModelInputs
 
 
-def lm_loss(inputs: ModelInputs, loss_backend: str, logits: torch.Tensor
-            ) -> Tuple[torch.Tensor, torch.Tensor, Dict[str, torch.Tensor]]:
-    """logits [b, s, V_local] (this TP rank's vocab shard) -> (loss_sum, num_tokens, report)."""
+def per_token_loss(inputs: ModelInputs, loss_backend: str, logits: torch.Tensor):
+    """Per-token CE over the TP-sharded vocab ([b*s], fp32) and the float loss mask ([b*s])."""
     from megatron.core import parallel_state
 
     from megatron_align.ops.loss_backends import get_ce_backend
@@ -30,7 +29,14 @@ def lm_loss(inputs: ModelInputs, loss_backend: str, logits: torch.Tensor
     ce = get_ce_backend(loss_backend)
     per_token = ce(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), tp_group=tp_group,
                    ignore_index=IGNORE_INDEX)
-    loss_sum = (per_token * mask.reshape(-1)).sum()
+    return per_token, mask.reshape(-1)
+
+
+def lm_loss(inputs: ModelInputs, loss_backend: str, logits: torch.Tensor
+            ) -> Tuple[torch.Tensor, torch.Tensor, Dict[str, torch.Tensor]]:
+    """logits [b, s, V_local] (this TP rank's vocab shard) -> (loss_sum, num_tokens, report)."""
+    per_token, mask = per_token_loss(inputs, loss_backend, logits)
+    loss_sum = (per_token * mask).sum()
     num_tokens = mask.sum().to(torch.int)
-    report = torch.stack([loss_sum.detach().float(), mask.sum().detach().float()])
+    report = torch.stack([loss_sum.detach().float(), mask.sum().detach()])
     return loss_sum, num_tokens, {"lm_loss": report}

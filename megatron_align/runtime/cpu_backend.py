@@ -148,6 +148,21 @@ def install() -> None:
         return self
 
     torch.Tensor.cuda = _tensor_cuda  # type: ignore[assignment]
+
+    # megatron's optimizers check parameter types by name ('torch.cuda.FloatTensor'): report CPU
+    # tensors under their CUDA names, and map casts to CUDA type names back to the CPU ones.
+    orig_type = torch.Tensor.type
+
+    @functools.wraps(orig_type)
+    def _tensor_type(self, dtype=None, non_blocking=False, **kwargs):
+        if dtype is None and not kwargs:
+            name = orig_type(self)
+            return name if name.startswith("torch.cuda.") else name.replace("torch.", "torch.cuda.", 1)
+        if isinstance(dtype, str) and dtype.startswith("torch.cuda."):
+            dtype = dtype.replace("torch.cuda.", "torch.", 1)
+        return orig_type(self, dtype, non_blocking, **kwargs)
+
+    torch.Tensor.type = _tensor_type  # type: ignore[assignment]
     torch.nn.Module.cuda = lambda self, *a, **k: self  # type: ignore[assignment]
 
     from megatron.core.tensor_parallel import random as mrandom

@@ -128,7 +128,7 @@ def run(model_name: str, tp: int, pp: int, sp: bool, vpp: Optional[int], dp: int
     return result
 
 
-def _chunks_sd(chunks):
+def _chunks_sd(chunks):  # same as megatron_align.checkpoint.model_io.model_sharded_state_dict
     if len(chunks) == 1:
         return chunks[0].sharded_state_dict()
     sd = {}

@@ -1,0 +1,112 @@
+"""Save and resume a whole training run: model, optimizer, LR schedule, data position and RNG.
+
+Every rank calls these together. The directory is written as ``<root>/step_N.tmp`` and committed
+(renamed, then `latest` moved) by rank 0 only after every rank finished writing, so an interrupted
+save never replaces the previous checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Dict, List, Optional
+
+import torch
+import torch.distributed as dist
+
+from megatron_align.checkpoint import layout
+from megatron_align.checkpoint.model_io import load_model, model_sharded_state_dict, save_model
+from megatron_align.models.arch import ArchSpec
+
+RNG_DIR = "rng"
+# Optimizer states in the canonical per-parameter layout, so a run can resume at another TP/PP/DP.
+OPTIM_METADATA = {"distrib_optim_sharding_type": "fully_reshardable"}
+
+
+def _rng_state() -> Dict[str, Any]:
+    from megatron.core import tensor_parallel
+
+    # Tensors only, so the file loads with weights_only=True. Python/numpy RNGs are not used by
+    # training (the data order comes from the seeded sampler), so they need no saving.
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None,
+        "tracker": tensor_parallel.get_cuda_rng_tracker().get_states(),
+    }
+
+
+def _set_rng_state(state: Dict[str, Any]) -> None:
+    from megatron.core import tensor_parallel
+
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+    tensor_parallel.get_cuda_rng_tracker().set_states(state["tracker"])
+
+
+def _barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def save_training(root: str, step: int, chunks: List[torch.nn.Module], optimizer, scheduler,
+                  state: Dict[str, Any], arch: ArchSpec, keep_last: int = 0) -> str:
+    from megatron.core import dist_checkpointing
+
+    name = layout.step_name(step)
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    tmp = os.path.join(root, f"{name}.tmp")
+    if rank == 0:
+        layout.begin(root, name)
+    _barrier()
+    save_model(chunks, os.path.join(tmp, layout.MODEL_DIR))
+    model_sd = model_sharded_state_dict(chunks)
+    os.makedirs(os.path.join(tmp, layout.OPTIM_DIR), exist_ok=True)
+    dist_checkpointing.save(optimizer.sharded_state_dict(model_sd, metadata=OPTIM_METADATA),
+                            os.path.join(tmp, layout.OPTIM_DIR))
+    os.makedirs(os.path.join(tmp, RNG_DIR), exist_ok=True)
+    torch.save(_rng_state(), os.path.join(tmp, RNG_DIR, f"rank_{rank:05d}.pt"))
+    if rank == 0:
+        full_state = dict(state, step=step, scheduler=scheduler.state_dict(),
+                          world_size=dist.get_world_size() if dist.is_initialized() else 1)
+        with open(os.path.join(tmp, layout.STATE_FILE), "w") as f:
+            json.dump(full_state, f, indent=2)
+        layout.write_arch(tmp, arch)
+    _barrier()
+    final = os.path.join(root, name)
+    if rank == 0:
+        layout.commit(root, tmp, name)
+        layout.prune(root, keep_last)
+    _barrier()
+    return final
+
+
+def load_training(ckpt_dir: str, chunks: List[torch.nn.Module], optimizer, scheduler) -> Dict[str, Any]:
+    """Restore everything saved by :func:`save_training`; returns the trainer state dict."""
+    from megatron.core import dist_checkpointing
+
+    with open(os.path.join(ckpt_dir, layout.STATE_FILE)) as f:
+        state = json.load(f)
+    load_model(chunks, os.path.join(ckpt_dir, layout.MODEL_DIR))
+    model_sd = model_sharded_state_dict(chunks)
+    optim_sd = optimizer.sharded_state_dict(model_sd, is_loading=True, metadata=OPTIM_METADATA)
+    optimizer.load_state_dict(dist_checkpointing.load(optim_sd, os.path.join(ckpt_dir, layout.OPTIM_DIR)))
+    scheduler.load_state_dict(state["scheduler"])
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    rng_file = os.path.join(ckpt_dir, RNG_DIR, f"rank_{rank:05d}.pt")
+    if os.path.exists(rng_file) and state.get("world_size") == (dist.get_world_size() if dist.is_initialized() else 1):
+        _set_rng_state(torch.load(rng_file, weights_only=True))
+    return state
+
+
+def has_training_state(ckpt_dir: str) -> bool:
+    return os.path.isfile(os.path.join(ckpt_dir, layout.STATE_FILE))
+
+
+def find_resume(output_dir: str, load: Optional[str]) -> Optional[str]:
+    """`train.load` if given, else the run directory's own latest checkpoint (auto-resume), else None."""
+    if load:
+        return layout.resolve(load)
+    if os.path.isfile(os.path.join(output_dir, layout.LATEST)):
+        return layout.read_latest(output_dir)
+    return None

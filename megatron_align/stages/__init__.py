@@ -1,0 +1,1 @@
+"""Training stages (sft, ...): each a thin loop over the shared engine."""
