@@ -81,6 +81,21 @@ def save_training(root: str, step: int, chunks: List[torch.nn.Module], optimizer
     return final
 
 
+def _materialise_optimizer_state(optimizer) -> None:
+    """Create zero Adam states (and step) before loading: torch's Adam makes them lazily at the first
+    step, and megatron's optimizers need them to exist to build the state dict they load into."""
+    inner = getattr(optimizer, "chained_optimizers", None) or [optimizer]
+    for opt in inner:
+        torch_opt = opt.optimizer
+        for group in torch_opt.param_groups:
+            for p in group["params"]:
+                st = torch_opt.state[p]
+                if len(st) == 0:
+                    st["exp_avg"] = torch.zeros_like(p.data)
+                    st["exp_avg_sq"] = torch.zeros_like(p.data)
+                    st["step"] = torch.zeros((), dtype=torch.float32)
+
+
 def load_training(ckpt_dir: str, chunks: List[torch.nn.Module], optimizer, scheduler) -> Dict[str, Any]:
     """Restore everything saved by :func:`save_training`; returns the trainer state dict."""
     from megatron.core import dist_checkpointing
@@ -89,8 +104,10 @@ def load_training(ckpt_dir: str, chunks: List[torch.nn.Module], optimizer, sched
         state = json.load(f)
     load_model(chunks, os.path.join(ckpt_dir, layout.MODEL_DIR))
     model_sd = model_sharded_state_dict(chunks)
+    _materialise_optimizer_state(optimizer)
     optim_sd = optimizer.sharded_state_dict(model_sd, is_loading=True, metadata=OPTIM_METADATA)
-    optimizer.load_state_dict(dist_checkpointing.load(optim_sd, os.path.join(ckpt_dir, layout.OPTIM_DIR)))
+    loaded = dist_checkpointing.load(optim_sd, os.path.join(ckpt_dir, layout.OPTIM_DIR))
+    optimizer.load_state_dict(loaded)
     scheduler.load_state_dict(state["scheduler"])
     rank = dist.get_rank() if dist.is_initialized() else 0
     rng_file = os.path.join(ckpt_dir, RNG_DIR, f"rank_{rank:05d}.pt")

@@ -14,6 +14,10 @@ def build_optimizer(cfg: OptimizerConfig, chunks: List[torch.nn.Module], *, para
     from megatron.core.optimizer import OptimizerConfig as MegatronOptimizerConfig
     from megatron.core.optimizer import get_megatron_optimizer
 
+    from megatron_align.engine import megatron_fixes
+
+    megatron_fixes.apply()
+
     mcfg = MegatronOptimizerConfig(
         optimizer="adam",  # decoupled weight decay (AdamW) in megatron's Adam
         lr=cfg.lr,

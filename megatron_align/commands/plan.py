@@ -1,0 +1,86 @@
+"""`megatron-align plan`: per-GPU memory and the smallest layout that fits, per recompute mode.
+
+Example: ``megatron-align plan --model llama3-70b --seq-length 16384 --gpus-per-node 8 --gpu-memory 80``.
+See docs/planner.md for the model and its assumptions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def _ints(text: str):
+    try:
+        return tuple(int(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("model")
+    g.add_argument("--model", default=None, help="a preset name (llama3-70b, qwen2-72b, ...)")
+    g.add_argument("--hf-config", default=None, help="a Hugging Face config.json (or its directory); overrides --model")
+    g.add_argument("--seq-length", type=int, required=True, help="tokens per sequence")
+    g.add_argument("--micro-batch-size", type=int, default=1)
+    g.add_argument("--precision", choices=("bf16", "fp32"), default="bf16",
+                   help="bf16: bf16 params/activations, fp32 grads, fp32 Adam + master; fp32: all fp32, no master")
+    h = parser.add_argument_group("hardware")
+    h.add_argument("--gpus-per-node", type=int, default=8, help="TP stays within a node; GPU counts step by this")
+    h.add_argument("--gpu-memory", type=float, default=80.0, help="GiB per GPU")
+    h.add_argument("--reserve", type=float, default=0.10,
+                   help="fraction of GPU memory kept free for fragmentation, NCCL and the CUDA context (default 0.10)")
+    h.add_argument("--max-gpus", type=int, default=512)
+    s = parser.add_argument_group("layouts")
+    s.add_argument("--tp", type=_ints, default=(1, 2, 4, 8), help="TP sizes to try (comma-separated)")
+    s.add_argument("--cp", type=_ints, default=(1, 2, 4, 8), help="CP sizes to try (comma-separated)")
+    s.add_argument("--vpp", type=int, default=None, help="virtual pipeline stages (interleaved 1F1B)")
+    s.add_argument("--no-sp", action="store_true", help="no sequence parallelism")
+    s.add_argument("--no-distributed-optimizer", action="store_true", help="optimizer states not sharded over DP")
+    s.add_argument("--num-microbatches", type=int, default=0, help="micro-batches per step (0: >= pipeline warm-up)")
+    k = parser.add_argument_group("kernels")
+    k.add_argument("--loss-backend", choices=("fused", "megatron"), default="fused",
+                   help="fused CE (bf16 logits once, in-place backward) or megatron-core's (fp32 copies)")
+    k.add_argument("--norm", choices=("fused", "local"), default="fused",
+                   help="RMSNorm that keeps its input (TE) or our unfused torch one (fp32 copy + output)")
+    k.add_argument("--fused-swiglu", action="store_true", help="SwiGLU keeps only its input (bias_swiglu fusion)")
+    o = parser.add_argument_group("output")
+    o.add_argument("--recompute", type=lambda t: tuple(t.split(",")), default=("none", "selective", "full", "kblock"),
+                   help="recompute modes to search (comma-separated: none,selective,full,kblock)")
+    o.add_argument("--top", type=int, default=20, help="rows of the feasible-configuration table")
+    o.add_argument("--json", action="store_true", help="print a machine-readable dict")
+
+
+def run(args: argparse.Namespace) -> int:
+    from megatron_align.models.families import ModelSpecError, resolve_arch
+    from megatron_align.plan.activations import ActivationOptions
+    from megatron_align.plan.memory import GiB, Dtypes, Workload
+    from megatron_align.plan.report import build_report, format_text
+    from megatron_align.plan.search import SearchSpace, search
+
+    try:
+        if not args.model and not args.hf_config:
+            raise ModelSpecError("give --model PRESET or --hf-config path/config.json")
+        arch = resolve_arch(args.model, args.hf_config)
+        if not 0 <= args.reserve < 1:
+            raise ValueError(f"--reserve must be in [0, 1), got {args.reserve}")
+        if args.seq_length < 2 or args.micro_batch_size < 1:
+            raise ValueError("--seq-length must be >= 2 and --micro-batch-size >= 1")
+        dtypes = Dtypes.for_precision(args.precision)
+        opts = ActivationOptions(act_bytes=dtypes.activations, norm=args.norm, fused_swiglu=args.fused_swiglu,
+                                 fused_ce=args.loss_backend == "fused")
+        work = Workload(seq_length=args.seq_length, micro_batch_size=args.micro_batch_size,
+                        num_microbatches=args.num_microbatches, options=opts)
+        space = SearchSpace(gpus_per_node=args.gpus_per_node, max_gpus=args.max_gpus,
+                            tp=tuple(t for t in args.tp if t <= args.gpus_per_node), cp=args.cp, vpp=args.vpp,
+                            sp=not args.no_sp, distributed_optimizer=not args.no_distributed_optimizer)
+        budget = args.gpu_memory * (1 - args.reserve) * GiB
+        result = search(arch, work, dtypes, space, budget, args.recompute)
+    except (ModelSpecError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    rep = build_report(arch, args.hf_config or args.model, work, dtypes, space, args.gpu_memory, args.reserve,
+                       result, top=args.top)
+    print(json.dumps(rep, indent=2) if args.json else format_text(rep))
+    return 0

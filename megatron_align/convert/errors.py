@@ -1,0 +1,6 @@
+"""The one exception the converter raises; its message names the tensor, key or file at fault."""
+
+
+class ConvertError(ValueError):
+    """A checkpoint cannot be converted: unknown architecture, missing or extra tensors, a shape,
+    vocabulary or family mismatch. The message names what is wrong."""

@@ -1,0 +1,195 @@
+"""Hugging Face model directories: lazy tensor reading and sharded safetensors writing.
+
+Reading never loads a whole checkpoint: safetensors files are opened with ``safe_open`` and read
+tensor by tensor; ``pytorch_model*.bin`` files are loaded with ``torch.load(weights_only=True,
+mmap=True)`` (memory-mapped, so only the tensors touched are paged in). Writing keeps at most one
+shard in memory and flushes it when it would exceed ``max_shard_size`` bytes.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import os
+import shutil
+from typing import Dict, Iterable, List, Optional, Tuple
+
+import torch
+
+from megatron_align.convert.errors import ConvertError
+
+SAFE_INDEX = "model.safetensors.index.json"
+BIN_INDEX = "pytorch_model.bin.index.json"
+TOKENIZER_PATTERNS = ("tokenizer*", "special_tokens_map.json", "added_tokens.json", "vocab.*", "merges.txt",
+                      "*.tiktoken", "tokenization_*.py", "chat_template.*", "generation_config.json")
+# Remote-code model files (Baichuan2): carried along as files, never imported or executed.
+HF_CODE_PATTERNS = ("configuration_*.py", "modeling_*.py", "generation_utils.py", "quantizer.py")
+
+
+def is_hf_dir(path: str) -> bool:
+    return os.path.isfile(os.path.join(path, "config.json")) and bool(_weight_files(path))
+
+
+def _weight_files(path: str) -> List[str]:
+    names = sorted(os.listdir(path)) if os.path.isdir(path) else []
+    safe = [n for n in names if n.endswith(".safetensors")]
+    return safe or [n for n in names if n.endswith(".bin") and n.startswith("pytorch_model")]
+
+
+class HFReader:
+    """name -> tensor, reading one tensor at a time from the files of an HF model directory."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._handles: Dict[str, object] = {}
+        self.weight_map = self._weight_map()
+
+    def _weight_map(self) -> Dict[str, str]:
+        for index in (SAFE_INDEX, BIN_INDEX):
+            file = os.path.join(self.path, index)
+            if os.path.isfile(file):
+                with open(file) as f:
+                    wm = json.load(f).get("weight_map")
+                if not isinstance(wm, dict):
+                    raise ConvertError(f"{file}: no 'weight_map'")
+                missing = sorted({v for v in wm.values() if not os.path.isfile(os.path.join(self.path, v))})
+                if missing:
+                    raise ConvertError(f"{file} names shard files that do not exist: {', '.join(missing)}")
+                return dict(wm)
+        files = _weight_files(self.path)
+        if not files:
+            raise ConvertError(f"{self.path}: no *.safetensors or pytorch_model*.bin weight files")
+        out: Dict[str, str] = {}
+        for name in files:
+            for key in self._open(name).keys():
+                out[key] = name
+        return out
+
+    def _open(self, file: str):
+        h = self._handles.get(file)
+        if h is None:
+            full = os.path.join(self.path, file)
+            if file.endswith(".safetensors"):
+                from safetensors import safe_open
+
+                h = safe_open(full, framework="pt")
+            else:
+                h = _BinFile(full)
+            self._handles[file] = h
+        return h
+
+    def names(self) -> List[str]:
+        return list(self.weight_map)
+
+    def get(self, name: str) -> torch.Tensor:
+        if name not in self.weight_map:
+            raise ConvertError(f"{self.path}: tensor {name!r} is missing")
+        return self._open(self.weight_map[name]).get_tensor(name)
+
+    def meta(self, name: str) -> torch.Tensor:
+        """A ``meta`` tensor with the stored shape and dtype (no data read)."""
+        h = self._open(self.weight_map[name])
+        if isinstance(h, _BinFile):
+            t = h.get_tensor(name)
+            return torch.empty(t.shape, dtype=t.dtype, device="meta")
+        sl = h.get_slice(name)
+        return torch.empty(sl.get_shape(), dtype=_SAFE_DTYPES[sl.get_dtype()], device="meta")
+
+
+_SAFE_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+                "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+                "BOOL": torch.bool}
+
+
+class _BinFile:
+    def __init__(self, path: str) -> None:
+        self._sd = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+
+    def keys(self):
+        return self._sd.keys()
+
+    def get_tensor(self, name: str) -> torch.Tensor:
+        return self._sd[name]
+
+
+def parse_size(text: str) -> int:
+    """'5GB', '500MB', '2GiB', '1000' -> bytes (decimal units, as transformers)."""
+    units = {"kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40, "kb": 10**3, "mb": 10**6, "gb": 10**9,
+             "tb": 10**12, "b": 1}
+    s = str(text).strip().lower()
+    for unit, mult in units.items():
+        if s.endswith(unit):
+            return int(float(s[: -len(unit)]) * mult)
+    return int(s)
+
+
+class ShardedSafetensorsWriter:
+    """Collects tensors and writes ``model-0000k-of-0000n.safetensors`` shards plus the index."""
+
+    def __init__(self, path: str, max_shard_size: int) -> None:
+        self.path = path
+        self.max_shard_size = max_shard_size
+        self._buf: Dict[str, torch.Tensor] = {}
+        self._buf_bytes = 0
+        self._shards: List[Tuple[str, List[str]]] = []
+        self.total_size = 0
+        os.makedirs(path, exist_ok=True)
+
+    def add(self, name: str, tensor: torch.Tensor) -> None:
+        nbytes = tensor.numel() * tensor.element_size()
+        if self._buf and self._buf_bytes + nbytes > self.max_shard_size:
+            self._flush()
+        self._buf[name] = tensor.contiguous()
+        self._buf_bytes += nbytes
+        self.total_size += nbytes
+
+    def _flush(self) -> None:
+        from safetensors.torch import save_file
+
+        tmp = f"shard-{len(self._shards):05d}.tmp.safetensors"
+        save_file(self._buf, os.path.join(self.path, tmp), metadata={"format": "pt"})
+        self._shards.append((tmp, list(self._buf)))
+        self._buf, self._buf_bytes = {}, 0
+
+    def close(self) -> List[str]:
+        if self._buf or not self._shards:
+            self._flush()
+        n = len(self._shards)
+        weight_map: Dict[str, str] = {}
+        files = []
+        for k, (tmp, names) in enumerate(self._shards):
+            final = f"model-{k + 1:05d}-of-{n:05d}.safetensors"
+            os.replace(os.path.join(self.path, tmp), os.path.join(self.path, final))
+            weight_map.update({name: final for name in names})
+            files.append(final)
+        with open(os.path.join(self.path, SAFE_INDEX), "w") as f:
+            json.dump({"metadata": {"total_size": self.total_size}, "weight_map": weight_map}, f, indent=2)
+        return files
+
+
+def copy_matching(src: str, dst: str, patterns: Iterable[str]) -> List[str]:
+    """Copy the plain files of ``src`` whose names match ``patterns`` into ``dst``; returns their names."""
+    if not os.path.isdir(src):
+        return []
+    names = [n for n in sorted(os.listdir(src))
+             if os.path.isfile(os.path.join(src, n)) and any(fnmatch.fnmatch(n, p) for p in patterns)]
+    if names:
+        os.makedirs(dst, exist_ok=True)
+    for n in names:
+        shutil.copy2(os.path.join(src, n), os.path.join(dst, n))
+    return names
+
+
+def read_config(path: str) -> Dict:
+    file = os.path.join(path, "config.json")
+    try:
+        with open(file) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise ConvertError(f"{path}: no config.json (not a Hugging Face model directory)") from None
+    except json.JSONDecodeError as e:
+        raise ConvertError(f"{file} is not valid JSON: {e}") from None
+
+
+def torch_dtype_name(dtype: Optional[torch.dtype]) -> str:
+    return {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}.get(dtype, "float32")

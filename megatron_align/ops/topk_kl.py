@@ -1,0 +1,88 @@
+"""Exact KL(π‖π_ref) over the reference's top-k vocabulary entries (Baichuan Alignment, GRPO).
+
+Per token: select the k largest reference logits (globally across TP shards: each rank's local
+top-k values + global ids are all-gathered and the global top-k picked), gather the policy
+logits there (each rank contributes the ids it owns; one all-reduce), renormalise both over the k
+entries and compute ``sum p (log p - log q)`` with the ``topk_kl_forward`` kernel. The gradient
+w.r.t. the policy logits, ``p (log p - log q - KL)``, is scattered back into each rank's shard
+without any collective.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.distributed as dist
+
+from megatron_align.ops._backend import kernels_for
+from megatron_align.ops._reference import acc
+from megatron_align.ops._tp import shard_of
+
+
+def _global_topk(ref: torch.Tensor, k: int, shard, tp_group):
+    """Values (fp32) and global ids [T, k] of the reference's top-k across all shards."""
+    k_local = min(k, ref.shape[1])
+    vals, ids = torch.topk(ref, k_local, dim=1, sorted=False)
+    vals, ids = acc(vals), ids + shard.vocab_start
+    if shard.world == 1:
+        return vals, ids
+    all_vals = [torch.empty_like(vals) for _ in range(shard.world)]
+    all_ids = [torch.empty_like(ids) for _ in range(shard.world)]
+    dist.all_gather(all_vals, vals.contiguous(), group=tp_group)
+    dist.all_gather(all_ids, ids.contiguous(), group=tp_group)
+    cat_vals, cat_ids = torch.cat(all_vals, dim=1), torch.cat(all_ids, dim=1)
+    vals, pos = torch.topk(cat_vals, k, dim=1, sorted=False)
+    return vals, cat_ids.gather(1, pos)
+
+
+class _TopkKL(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, policy, ref, k, tp_group):
+        shard = shard_of(policy.shape[1], tp_group)
+        k = max(1, min(int(k), shard.vocab_size))
+        ref_vals, ids = _global_topk(ref.detach(), k, shard, tp_group)
+        local = ids - shard.vocab_start
+        owned = (local >= 0) & (local < shard.local)
+        col = local.clamp(0, shard.local - 1)
+        pol_vals = torch.where(owned, acc(policy.gather(1, col)), 0.0)
+        if shard.world > 1:
+            dist.all_reduce(pol_vals, op=dist.ReduceOp.SUM, group=tp_group)
+        kern = kernels_for(policy.device, pol_vals.dtype)
+        pol_vals, ref_vals = pol_vals.contiguous(), ref_vals.contiguous()
+        kl = kern.topk_kl_forward(pol_vals, ref_vals)
+        ctx.save_for_backward(pol_vals, ref_vals, kl, col, owned)
+        ctx.meta = (policy.shape, policy.dtype)
+        return kl
+
+    @staticmethod
+    def backward(ctx, grad_kl):
+        pol_vals, ref_vals, kl, col, owned = ctx.saved_tensors
+        shape, dtype = ctx.meta
+        kern = kernels_for(pol_vals.device, pol_vals.dtype)
+        g = kern.topk_kl_backward(grad_kl.to(kl.dtype).contiguous(), pol_vals, ref_vals, kl)
+        g = torch.where(owned, g, 0.0).to(dtype)
+        grad = torch.zeros(shape, dtype=dtype, device=g.device).scatter_add_(1, col, g)
+        return grad, None, None, None
+
+
+def topk_kl(
+    policy_logits: torch.Tensor,
+    ref_logits: torch.Tensor,
+    *,
+    k: int = 500,
+    tp_group: Optional[dist.ProcessGroup] = None,
+) -> torch.Tensor:
+    """Per-token KL(π‖π_ref) over the reference's top-k ids, fp32 ``[T]``; differentiable w.r.t.
+    ``policy_logits`` ``[T, V_local]`` (``ref_logits`` is treated as a constant). ``k`` is clamped
+    to the global vocab size."""
+    if policy_logits.dim() < 2 or policy_logits.shape != ref_logits.shape:
+        raise ValueError(
+            f"policy_logits and ref_logits must both be [T, V_local] with equal shapes, got "
+            f"{tuple(policy_logits.shape)} and {tuple(ref_logits.shape)}"
+        )
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    V = policy_logits.shape[-1]
+    out = _TopkKL.apply(policy_logits.reshape(-1, V), ref_logits.reshape(-1, V), k, tp_group)
+    return out.reshape(policy_logits.shape[:-1])

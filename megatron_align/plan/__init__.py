@@ -1,0 +1,10 @@
+"""Memory and parallelism planner (`megatron-align plan`): pure arithmetic, no torch or megatron import.
+
+- :mod:`~megatron_align.plan.params`: exact per-rank parameters, DDP buffers, distributed-optimizer shards
+- :mod:`~megatron_align.plan.activations`: per-layer activation formula (Korthikanti et al. 2022, adapted)
+- :mod:`~megatron_align.plan.memory`: per-GPU breakdown of one layout
+- :mod:`~megatron_align.plan.kblock`: the report's k-block checkpointing model, k* = √(L/n)
+- :mod:`~megatron_align.plan.flops`: recompute cost
+- :mod:`~megatron_align.plan.search`: the TP/PP/CP/DP grid and the minimum GPU count
+- :mod:`~megatron_align.plan.report`: the printed table and the JSON dict
+"""
