@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 import torch.distributed as dist
@@ -120,10 +120,11 @@ def has_training_state(ckpt_dir: str) -> bool:
     return os.path.isfile(os.path.join(ckpt_dir, layout.STATE_FILE))
 
 
-def find_resume(output_dir: str, load: Optional[str]) -> Optional[str]:
-    """`train.load` if given, else the run directory's own latest checkpoint (auto-resume), else None."""
-    if load:
-        return layout.resolve(load)
+def find_resume(output_dir: str, load: Optional[str]) -> Tuple[Optional[str], bool]:
+    """(checkpoint, is_own_run). The run directory's own latest checkpoint (auto-resume after a crash or
+    requeue) wins; else `train.load` (e.g. the converted base model); else (None, False): fresh start."""
     if os.path.isfile(os.path.join(output_dir, layout.LATEST)):
-        return layout.read_latest(output_dir)
-    return None
+        return layout.read_latest(output_dir), True
+    if load:
+        return layout.resolve(load), False
+    return None, False

@@ -20,7 +20,8 @@ class TrainingConfig:
     save_interval: int = help_field(0, help="Save a checkpoint every N steps (0: only at the end).")
     log_interval: int = help_field(1, help="Write a metrics line every N steps.")
     load: Optional[str] = help_field(
-        None, help="Checkpoint to start from: a run directory (resumes from its latest) or a converted HF checkpoint.")
+        None, help="Checkpoint to start from when output_dir has none yet: a run directory (its latest) or a "
+                   "converted HF checkpoint. A run whose output_dir already has `latest` resumes from that instead.")
     finetune: bool = help_field(
         False, help="Load only model weights from `load` (fresh optimizer, schedule and data position).")
 

@@ -66,7 +66,8 @@ def ce_row_stats(
     s = torch.exp(x - m_safe[:, None]).sum(dim=1)
     col, owned = _owned(labels, vocab_start, V)
     tgt = torch.where(owned, x.gather(1, col[:, None]).squeeze(1), torch.zeros_like(m))
-    stats = torch.stack([m, s, tgt, x.sum(dim=1)])
+    sumz = torch.where(torch.isneginf(x), torch.zeros_like(x), x).sum(dim=1)  # -inf: masked vocab padding
+    stats = torch.stack([m, s, tgt, sumz])
     skipped = torch.tensor([0.0, 1.0, 0.0, 0.0], device=x.device, dtype=x.dtype)[:, None]
     return torch.where(active[None, :], stats, skipped)
 

@@ -22,8 +22,9 @@ class _RowSoftmaxLoss(torch.autograd.Function):
     """mode "ce": (1-s)·(lse - z_t) + s·(lse - mean z); mode "logprob": z_t - lse. 0 where ignored."""
 
     @staticmethod
-    def forward(ctx, logits, labels, ignore_index, label_smoothing, tp_group, mode, inplace_backward):
+    def forward(ctx, logits, labels, ignore_index, label_smoothing, tp_group, mode, inplace_backward, vocab_size):
         shard = shard_of(logits.shape[1], tp_group)
+        n_vocab = vocab_size or shard.vocab_size  # smoothing spreads over the real (unmasked) vocabulary
         k = kernels_for(logits.device, logits.dtype)
         stats = k.ce_row_stats(logits, labels, None, shard.vocab_start, shard.vocab_size, ignore_index)
         m, s, target, sumz = reduce_row_stats(stats, tp_group).unbind(0)
@@ -31,31 +32,31 @@ class _RowSoftmaxLoss(torch.autograd.Function):
         valid = labels != ignore_index
         if mode == "ce":
             loss = (m - target) + logsum
-            smoothing = _megatron_smoothing(label_smoothing, shard.vocab_size)
+            smoothing = _megatron_smoothing(label_smoothing, n_vocab)
             if smoothing > 0:
-                loss = (1.0 - smoothing) * loss + smoothing * ((m - sumz / shard.vocab_size) + logsum)
+                loss = (1.0 - smoothing) * loss + smoothing * ((m - sumz / n_vocab) + logsum)
         else:
             smoothing = 0.0
             loss = (target - m) - logsum
         out = torch.where(valid, loss, torch.zeros_like(loss))
         ctx.save_for_backward(logits, labels, m.contiguous(), logsum, valid)
-        ctx.cfg = (mode, smoothing, shard, inplace_backward)
+        ctx.cfg = (mode, smoothing, shard, inplace_backward, n_vocab)
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
         logits, labels, m, logsum, valid = ctx.saved_tensors
-        mode, smoothing, shard, inplace = ctx.cfg
+        mode, smoothing, shard, inplace, n_vocab = ctx.cfg
         g = acc(grad_out) if mode == "ce" else -acc(grad_out)
         scale = torch.where(valid, g, torch.zeros_like(g)).contiguous()
         k = kernels_for(logits.device, logits.dtype)
-        args = (labels, m, logsum, scale, 1.0 - smoothing, smoothing / shard.vocab_size, shard.vocab_start)
+        args = (labels, m, logsum, scale, 1.0 - smoothing, smoothing / n_vocab, shard.vocab_start)
         if inplace and logits.stride(-1) == 1:
             k.softmax_grad_(logits, *args)
             grad = logits
         else:
             grad = k.softmax_grad(logits, *args)
-        return grad, None, None, None, None, None, None
+        return grad, None, None, None, None, None, None, None
 
 
 def _megatron_smoothing(label_smoothing: float, vocab_size: int) -> float:
@@ -67,10 +68,13 @@ def _megatron_smoothing(label_smoothing: float, vocab_size: int) -> float:
     return label_smoothing * vocab_size / (vocab_size - 1)
 
 
-def _apply(logits, labels, ignore_index, label_smoothing, tp_group, mode, inplace_backward):
+def _apply(logits, labels, ignore_index, label_smoothing, tp_group, mode, inplace_backward, vocab_size=None):
     flat_logits, flat_labels = flatten_rows(logits, labels)
+    if vocab_size is not None and vocab_size < 1:
+        raise ValueError(f"vocab_size must be >= 1 or None, got {vocab_size}")
     out = _RowSoftmaxLoss.apply(
-        flat_logits, flat_labels, int(ignore_index), float(label_smoothing), tp_group, mode, bool(inplace_backward)
+        flat_logits, flat_labels, int(ignore_index), float(label_smoothing), tp_group, mode, bool(inplace_backward),
+        vocab_size,
     )
     return out.reshape(labels.shape)
 
@@ -83,6 +87,7 @@ def vocab_parallel_cross_entropy(
     label_smoothing: float = 0.0,
     tp_group: Optional[dist.ProcessGroup] = None,
     inplace_backward: bool = False,
+    vocab_size: Optional[int] = None,
 ) -> torch.Tensor:
     """Per-token cross-entropy of vocab-sharded logits, fp32 ``[T]`` (0 where ``labels == ignore_index``).
 
@@ -96,8 +101,11 @@ def vocab_parallel_cross_entropy(
         tp_group: tensor-parallel group, ``None`` when unsharded.
         inplace_backward: the backward writes the gradient into ``logits``' storage (saves one
             ``[T, V_local]`` buffer); the caller must not read ``logits`` after backward.
+        vocab_size: the real vocabulary size when the tail of the (padded) vocabulary is masked with
+            ``-inf`` logits, as megatron_align's models do; label smoothing then spreads over the real
+            vocabulary only. Default: the global shard size. ``-inf`` columns never contribute.
     """
-    return _apply(logits, labels, ignore_index, label_smoothing, tp_group, "ce", inplace_backward)
+    return _apply(logits, labels, ignore_index, label_smoothing, tp_group, "ce", inplace_backward, vocab_size)
 
 
 def token_logprobs(

@@ -8,7 +8,7 @@ from typing import Any, Dict, List
 from megatron_align.models.arch import ArchSpec, padded_vocab_size
 from megatron_align.plan import activations as act
 from megatron_align.plan.kblock import detailed_curve, report_optimal_k, report_units, units_per_layer
-from megatron_align.plan.memory import GiB, Dtypes, Layout, Workload, peak_memory
+from megatron_align.plan.memory import GiB, Dtypes, Layout, Workload
 from megatron_align.plan.search import Candidate, SearchResult, SearchSpace
 
 THREE_CASES = (("none", "no recompute"), ("full", "per-layer (full) recompute"),

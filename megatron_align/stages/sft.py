@@ -70,7 +70,7 @@ class SFTTrainer:
         from megatron_align.runtime import setup_runtime
 
         cfg = self.cfg
-        self.resume_from = find_resume(cfg.output_dir, cfg.train.load)
+        self.resume_from, own_run = find_resume(cfg.output_dir, cfg.train.load)
         if cfg.model.name is None and cfg.model.hf_config is None and self.resume_from:
             arch = layout.read_arch(self.resume_from)
         else:
@@ -89,7 +89,9 @@ class SFTTrainer:
         self.sampler = GlobalBatchSampler(len(self.data.train), cfg.train.global_batch_size, seed=cfg.data.seed,
                                           shuffle=cfg.data.shuffle, epochs=cfg.train.epochs,
                                           max_steps=cfg.train.max_steps)
-        full_resume = bool(self.resume_from) and has_training_state(self.resume_from) and not cfg.train.finetune
+        # train.finetune applies to train.load; the run's own checkpoints always resume fully.
+        full_resume = bool(self.resume_from) and has_training_state(self.resume_from) and \
+            (own_run or not cfg.train.finetune)
         if self.resume_from and not full_resume:  # weights only (e.g. converted from HF), before the optimizer
             load_model(built.chunks, os.path.join(self.resume_from, layout.MODEL_DIR))
         self.chunks = wrap_ddp(built.chunks, use_distributed_optimizer=cfg.parallel.distributed_optimizer)
@@ -219,8 +221,9 @@ class SFTTrainer:
     def save(self, step: int) -> str:
         from megatron_align.checkpoint.training import save_training
 
-        path = save_training(self.cfg.output_dir, step, self.chunks, self.optimizer, self.scheduler,
-                             {"sampler": self.sampler.state_dict(), "consumed_tokens": self.consumed_tokens},
+        state = {"sampler": self.sampler.state_dict(), "consumed_tokens": self.consumed_tokens,
+                 "finished": step >= len(self.sampler)}  # a requeue of a finished run has nothing to do
+        path = save_training(self.cfg.output_dir, step, self.chunks, self.optimizer, self.scheduler, state,
                              self.arch, keep_last=self.cfg.output.keep_last)
         self._copy_tokenizer(path)
         return path

@@ -1,7 +1,8 @@
 """Run a function on N real processes over gloo and collect each rank's return value.
 
 The function must be importable (defined at module top level). Each worker gets the
-torchrun-style environment (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT) and
+torchrun-style environment (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT), or with
+``launcher="slurm"`` the variables srun sets (SLURM_PROCID, SLURM_NTASKS, ...), and
 calls ``fn(*args)``; results come back indexed by rank. Any failure on any rank raises
 with that rank's traceback.
 """
@@ -23,18 +24,20 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _worker(fn, rank, world_size, port, q, args, env):
-    os.environ.update(
-        {
-            "RANK": str(rank),
-            "WORLD_SIZE": str(world_size),
-            "LOCAL_RANK": str(rank),
-            "LOCAL_WORLD_SIZE": str(world_size),
-            "MASTER_ADDR": "127.0.0.1",
-            "MASTER_PORT": str(port),
-            "OMP_NUM_THREADS": "1",
-        }
-    )
+def _launcher_env(launcher, rank, world_size, port):
+    if launcher == "slurm":  # what srun gives each task (no torchrun variables)
+        for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR"):
+            os.environ.pop(key, None)
+        return {"SLURM_PROCID": str(rank), "SLURM_NTASKS": str(world_size), "SLURM_LOCALID": str(rank),
+                "SLURM_JOB_ID": "777", "SLURM_JOB_NODELIST": "127.0.0.1", "MASTER_PORT": str(port),
+                "OMP_NUM_THREADS": "1"}
+    return {"RANK": str(rank), "WORLD_SIZE": str(world_size), "LOCAL_RANK": str(rank),
+            "LOCAL_WORLD_SIZE": str(world_size), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
+            "OMP_NUM_THREADS": "1"}
+
+
+def _worker(fn, rank, world_size, port, q, args, env, launcher="torchrun"):
+    os.environ.update(_launcher_env(launcher, rank, world_size, port))
     if env:
         os.environ.update(env)
     import torch
@@ -61,12 +64,13 @@ def run_distributed(
     *args: Any,
     timeout: float = 600.0,
     env: Optional[Dict[str, str]] = None,
+    launcher: str = "torchrun",
 ) -> List[Any]:
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
     port = free_port()
     procs = [
-        ctx.Process(target=_worker, args=(fn, r, world_size, port, q, args, env), daemon=False)
+        ctx.Process(target=_worker, args=(fn, r, world_size, port, q, args, env, launcher), daemon=False)
         for r in range(world_size)
     ]
     for p in procs:
