@@ -18,6 +18,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import warnings
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -95,10 +96,31 @@ def write_dist_checkpoint(directory: str, chunks: Sequence[Chunk], objects: Opti
 
     os.makedirs(directory, exist_ok=True)
     writer = dcp.FileSystemWriter(directory, single_file_per_rank=True, thread_count=1, sync_files=True)
-    dcp.save({}, storage_writer=writer, planner=_planner(chunks, objects or {}), no_dist=True)
+    with warnings.catch_warnings():  # "assuming the intent is to save in a single process": it is
+        warnings.simplefilter("ignore", UserWarning)
+        dcp.save({}, storage_writer=writer, planner=_planner(chunks, objects or {}), no_dist=True)
     with open(os.path.join(directory, "metadata.json"), "w") as f:
         json.dump(MCORE_METADATA, f)
     torch.save({}, os.path.join(directory, "common.pt"))
+
+
+class _ReadTarget:
+    """DCP load-planner callbacks copying read items into one output tensor. Module level on purpose: a class
+    defined per call forms a reference cycle that keeps ``out`` alive until the cyclic GC runs."""
+
+    def __init__(self, out: torch.Tensor) -> None:
+        self.out = out
+
+    def resolve_tensor(self, item):
+        from torch.distributed._shard._utils import narrow_tensor_by_index
+
+        return narrow_tensor_by_index(self.out, item.dest_offsets, item.lengths)
+
+    def commit_tensor(self, item, tensor) -> None:
+        pass
+
+    def load_bytes(self, item, value) -> None:  # pragma: no cover - tensors only
+        raise ConvertError(f"unexpected bytes entry {item.storage_index.fqn}")
 
 
 class DistCheckpointReader:
@@ -140,7 +162,6 @@ class DistCheckpointReader:
     def read(self, key: str, offsets: Optional[Sequence[int]] = None, sizes: Optional[Sequence[int]] = None
              ) -> torch.Tensor:
         """The block ``[offsets, offsets + sizes)`` of ``key`` (the whole tensor by default)."""
-        from torch.distributed._shard._utils import narrow_tensor_by_index
         from torch.distributed.checkpoint.metadata import ChunkStorageMetadata
         from torch.distributed.checkpoint.planner import LoadPlan
         from torch.distributed.checkpoint.planner_helpers import create_read_items_for_chunk_list
@@ -156,17 +177,7 @@ class DistCheckpointReader:
             raise ConvertError(f"{self.directory}: the stored chunks of {key!r} cover {covered} of the "
                                f"{out.numel()} elements requested")
 
-        class _Target:
-            def resolve_tensor(self, item):
-                return narrow_tensor_by_index(out, item.dest_offsets, item.lengths)
-
-            def commit_tensor(self, item, tensor):
-                pass
-
-            def load_bytes(self, item, value):  # pragma: no cover - tensors only
-                raise ConvertError(f"unexpected bytes entry {item.storage_index.fqn}")
-
-        self._reader.read_data(LoadPlan(items), _Target()).wait()
+        self._reader.read_data(LoadPlan(items), _ReadTarget(out)).wait()
         return out
 
     def read_layer(self, key: str, layer: int) -> torch.Tensor:

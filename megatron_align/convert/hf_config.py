@@ -56,8 +56,8 @@ def hf_config_from_arch(arch: ArchSpec, torch_dtype: str) -> Dict[str, Any]:
     if head is not None:
         if not any(a.endswith(SEQ_CLS_SUFFIX) for a in cfg.get("architectures") or []):
             cfg["architectures"] = [FAMILIES[arch.family].hf_architectures[0].replace("ForCausalLM", SEQ_CLS_SUFFIX)]
-        cfg["num_labels"] = head["num_labels"]
-        if len(cfg.get("id2label") or {}) != head["num_labels"]:
+        if len(cfg.get("id2label") or {}) != head["num_labels"]:  # transformers derives num_labels from id2label
+            cfg["num_labels"] = head["num_labels"]
             cfg["id2label"] = {str(i): f"LABEL_{i}" for i in range(head["num_labels"])}
             cfg["label2id"] = {f"LABEL_{i}": i for i in range(head["num_labels"])}
     return cfg

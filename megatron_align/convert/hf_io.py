@@ -1,7 +1,7 @@
 """Hugging Face model directories: lazy tensor reading and sharded safetensors writing.
 
-Reading never loads a whole checkpoint: safetensors files are opened with ``safe_open`` and read
-tensor by tensor; ``pytorch_model*.bin`` files are loaded with ``torch.load(weights_only=True,
+Reading never loads a whole checkpoint: safetensors files are read tensor by tensor (header parsed,
+then a plain ``readinto`` of that tensor's bytes); ``pytorch_model*.bin`` files are loaded with ``torch.load(weights_only=True,
 mmap=True)`` (memory-mapped, so only the tensors touched are paged in). Writing keeps at most one
 shard in memory and flushes it when it would exceed ``max_shard_size`` bytes.
 """
@@ -70,9 +70,7 @@ class HFReader:
         if h is None:
             full = os.path.join(self.path, file)
             if file.endswith(".safetensors"):
-                from safetensors import safe_open
-
-                h = safe_open(full, framework="pt")
+                h = _SafetensorsFile(full)
             else:
                 h = _BinFile(full)
             self._handles[file] = h
@@ -88,17 +86,47 @@ class HFReader:
 
     def meta(self, name: str) -> torch.Tensor:
         """A ``meta`` tensor with the stored shape and dtype (no data read)."""
-        h = self._open(self.weight_map[name])
-        if isinstance(h, _BinFile):
-            t = h.get_tensor(name)
-            return torch.empty(t.shape, dtype=t.dtype, device="meta")
-        sl = h.get_slice(name)
-        return torch.empty(sl.get_shape(), dtype=_SAFE_DTYPES[sl.get_dtype()], device="meta")
+        return self._open(self.weight_map[name]).meta(name)
 
 
 _SAFE_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
                 "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
                 "BOOL": torch.bool}
+
+
+class _SafetensorsFile:
+    """A .safetensors file read tensor by tensor with plain reads (no mmap: pages of tensors already
+    converted do not stay resident, so the process's memory is what it really holds)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        with open(path, "rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            header = json.loads(f.read(n))
+        header.pop("__metadata__", None)
+        self._start = 8 + n
+        self._header = header
+
+    def keys(self):
+        return self._header.keys()
+
+    def meta(self, name: str) -> torch.Tensor:
+        h = self._header[name]
+        if h["dtype"] not in _SAFE_DTYPES:
+            raise ConvertError(f"{self.path}: tensor {name!r} has unsupported dtype {h['dtype']}")
+        return torch.empty(h["shape"], dtype=_SAFE_DTYPES[h["dtype"]], device="meta")
+
+    def get_tensor(self, name: str) -> torch.Tensor:
+        m = self.meta(name)
+        begin, end = self._header[name]["data_offsets"]
+        out = torch.empty(m.shape, dtype=m.dtype)
+        if end > begin:
+            with open(self.path, "rb") as f:
+                f.seek(self._start + begin)
+                view = memoryview(out.view(torch.uint8).reshape(-1).numpy())
+                if f.readinto(view) != end - begin:
+                    raise ConvertError(f"{self.path}: tensor {name!r} is truncated")
+        return out
 
 
 class _BinFile:
@@ -110,6 +138,10 @@ class _BinFile:
 
     def get_tensor(self, name: str) -> torch.Tensor:
         return self._sd[name]
+
+    def meta(self, name: str) -> torch.Tensor:
+        t = self._sd[name]
+        return torch.empty(t.shape, dtype=t.dtype, device="meta")
 
 
 def parse_size(text: str) -> int:
@@ -144,10 +176,8 @@ class ShardedSafetensorsWriter:
         self.total_size += nbytes
 
     def _flush(self) -> None:
-        from safetensors.torch import save_file
-
         tmp = f"shard-{len(self._shards):05d}.tmp.safetensors"
-        save_file(self._buf, os.path.join(self.path, tmp), metadata={"format": "pt"})
+        write_safetensors(os.path.join(self.path, tmp), self._buf)
         self._shards.append((tmp, list(self._buf)))
         self._buf, self._buf_bytes = {}, 0
 
@@ -165,6 +195,28 @@ class ShardedSafetensorsWriter:
         with open(os.path.join(self.path, SAFE_INDEX), "w") as f:
             json.dump({"metadata": {"total_size": self.total_size}, "weight_map": weight_map}, f, indent=2)
         return files
+
+
+_SAFE_NAMES = {v: k for k, v in _SAFE_DTYPES.items()}
+
+
+def write_safetensors(path: str, tensors: Dict[str, torch.Tensor]) -> None:
+    """The safetensors format written tensor by tensor from the tensors' own memory (``save_file`` would
+    first copy the whole shard into bytes)."""
+    header: Dict[str, object] = {"__metadata__": {"format": "pt"}}
+    offset = 0
+    for name, t in tensors.items():
+        n = t.numel() * t.element_size()
+        header[name] = {"dtype": _SAFE_NAMES[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + n]}
+        offset += n
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)
+    with open(path, "wb") as f:
+        f.write(len(raw).to_bytes(8, "little"))
+        f.write(raw)
+        for t in tensors.values():
+            if t.numel():
+                f.write(memoryview(t.contiguous().view(torch.uint8).reshape(-1).numpy()))
 
 
 def copy_matching(src: str, dst: str, patterns: Iterable[str]) -> List[str]:

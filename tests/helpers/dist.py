@@ -45,7 +45,7 @@ def _worker(fn, rank, world_size, port, q, args, env, launcher="torchrun"):
     torch.set_num_threads(1)
     try:
         out = fn(*args)
-        q.put((rank, "ok", out))
+        q.put((rank, "ok", _detach(out)))
     except BaseException:  # noqa: BLE001 - report everything to the parent
         q.put((rank, "error", traceback.format_exc()))
     finally:
@@ -56,6 +56,37 @@ def _worker(fn, rank, world_size, port, q, args, env, launcher="torchrun"):
                 dist.destroy_process_group()
         except Exception:
             pass
+
+
+def _detach(obj):
+    """Tensors travel as numpy arrays: a tensor put on a queue is shared through a file descriptor
+    that dies with the worker, so the parent could fail to read it (FileNotFoundError)."""
+    import torch
+
+    if isinstance(obj, torch.Tensor):
+        return _TensorBox(obj.detach().cpu().numpy().copy(), str(obj.dtype))
+    if isinstance(obj, dict):
+        return {k: _detach(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_detach(v) for v in obj)
+    return obj
+
+
+class _TensorBox:
+    def __init__(self, array, dtype):
+        self.array, self.dtype = array, dtype
+
+
+def _attach(obj):
+    import torch
+
+    if isinstance(obj, _TensorBox):
+        return torch.from_numpy(obj.array)
+    if isinstance(obj, dict):
+        return {k: _attach(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_attach(v) for v in obj)
+    return obj
 
 
 def run_distributed(
@@ -84,7 +115,7 @@ def run_distributed(
             except queue.Empty:
                 raise TimeoutError(f"distributed run of {fn.__name__} timed out after {timeout}s")
             if status == "ok":
-                results[rank] = payload
+                results[rank] = _attach(payload)
             else:
                 errors.append(f"--- rank {rank} ---\n{payload}")
                 break
