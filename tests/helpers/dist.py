@@ -64,7 +64,8 @@ def _detach(obj):
     import torch
 
     if isinstance(obj, torch.Tensor):
-        return _TensorBox(obj.detach().cpu().numpy().copy(), str(obj.dtype))
+        t = obj.detach().cpu()
+        return _TensorBox((t.float() if t.dtype == torch.bfloat16 else t).numpy().copy(), str(t.dtype))
     if isinstance(obj, dict):
         return {k: _detach(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
@@ -81,7 +82,7 @@ def _attach(obj):
     import torch
 
     if isinstance(obj, _TensorBox):
-        return torch.from_numpy(obj.array)
+        return torch.from_numpy(obj.array).to(getattr(torch, obj.dtype.split(".")[-1]))
     if isinstance(obj, dict):
         return {k: _attach(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
