@@ -30,6 +30,7 @@ $(VENV)/.installed: setup.py
 	$(PIP) install -q -c $(CONSTRAINTS) "setuptools>=68" wheel "pybind11>=2.12" ninja
 	$(PIP) install -q -c $(CONSTRAINTS) --no-build-isolation -e ".[test]"
 	touch $@
+	touch $(VENV)/.ext-built  # the editable install above just built the extension
 
 setup: $(VENV)/.installed
 

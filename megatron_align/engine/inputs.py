@@ -18,17 +18,20 @@ class ModelInputs:
     loss_mask: torch.Tensor  # float [b, s]
     doc_ids: Optional[torch.Tensor] = None  # int64 [b, s]: sample of each token (attention isolation)
     groups: Optional[torch.Tensor] = None  # int64 [b, s]: e.g. category of each token, for grouped eval loss
+    cu_seqlens: Optional[torch.Tensor] = None  # int32 [n+1] over the flattened b*s tokens (THD attention)
+    max_seqlen: Optional[int] = None
 
     def to(self, device: torch.device) -> "ModelInputs":
         move = lambda t: None if t is None else t.to(device, non_blocking=True)  # noqa: E731
         return ModelInputs(move(self.tokens), move(self.position_ids), move(self.labels), move(self.loss_mask),
-                           move(self.doc_ids), move(self.groups))
+                           move(self.doc_ids), move(self.groups), move(self.cu_seqlens), self.max_seqlen)
 
     @staticmethod
     def from_micro_batch(mb) -> "ModelInputs":
         """From a :class:`megatron_align.data.batch.MicroBatch` (sample_index doubles as document ids)."""
         return ModelInputs(tokens=mb.tokens, position_ids=mb.position_ids, labels=mb.labels,
-                           loss_mask=mb.loss_mask, doc_ids=mb.sample_index)
+                           loss_mask=mb.loss_mask, doc_ids=mb.sample_index, cu_seqlens=mb.cu_seqlens,
+                           max_seqlen=mb.max_seqlen)
 
     @staticmethod
     def causal(tokens: torch.Tensor, labels: Optional[torch.Tensor] = None,

@@ -83,7 +83,7 @@ class SFTTrainer:
             raise ValueError(f"data.tokenizer has {self.data.tokenizer.vocab_size} tokens but the model's vocab_size "
                              f"is {arch.vocab_size}; pick a matching model or tokenizer")
         built = build_model(cfg.model, cfg.parallel, arch=arch, seq_length=cfg.data.seq_length)
-        self.arch, self.mconfig = arch, built.config
+        self.arch, self.mconfig, self.impl = arch, built.config, built.transformer_impl
         self.dp_rank = parallel_state.get_data_parallel_rank()
         self.dp_size = parallel_state.get_data_parallel_world_size()
         self.sampler = GlobalBatchSampler(len(self.data.train), cfg.train.global_batch_size, seed=cfg.data.seed,
@@ -161,6 +161,12 @@ class SFTTrainer:
             inputs.append(x.to(self.rt.device))
         return mbs, inputs
 
+    def _schedule_shape(self) -> Dict[str, int]:
+        """Activation shape between pipeline stages: [S, mbs] rows, or one THD row of mbs*S tokens (TE)."""
+        s, b = self.cfg.data.seq_length, self.cfg.train.micro_batch_size
+        return {"seq_length": s * b, "micro_batch_size": 1} if self.impl == "te" else \
+            {"seq_length": s, "micro_batch_size": b}
+
     # ---------------------------------------------------------------- steps
     def train_step(self, global_ids: List[int]) -> StepStats:
         from megatron_align.engine.forward_backward import forward_backward
@@ -171,8 +177,8 @@ class SFTTrainer:
         for chunk in self.chunks:
             chunk.zero_grad_buffer()
         self.optimizer.zero_grad()
-        totals = forward_backward(self.chunks, inputs, seq_length=cfg.data.seq_length,
-                                  micro_batch_size=cfg.train.micro_batch_size, loss_backend=cfg.model.loss_backend)
+        totals = forward_backward(self.chunks, inputs, **self._schedule_shape(), loss_backend=cfg.model.loss_backend,
+                                  transformer_impl=self.impl)
         _, grad_norm, _ = self.optimizer.step()
         self.scheduler.step(increment=1)
         report = self._global_report(totals, "lm_loss", torch.zeros(2, device=self.rt.device))
@@ -205,9 +211,9 @@ class SFTTrainer:
             for start in range(0, n, step):
                 ids = list(range(start, min(n, start + step)))
                 _, inputs = self._micro_batches(self.data.eval, ids, categories=cats)
-                totals = forward_backward(self.chunks, inputs, seq_length=cfg.data.seq_length,
-                                          micro_batch_size=cfg.train.micro_batch_size,
-                                          loss_backend=cfg.model.loss_backend, forward_only=True, loss_fn=loss_fn)
+                totals = forward_backward(self.chunks, inputs, **self._schedule_shape(),
+                                          loss_backend=cfg.model.loss_backend, forward_only=True, loss_fn=loss_fn,
+                                          transformer_impl=self.impl)
                 sums += self._global_report(totals, "lm_loss", sums)
                 groups += self._global_report(totals, "groups", groups)
         for chunk in self.chunks:

@@ -42,14 +42,13 @@ def _grads_sharded_state_dict(wrapped_chunks) -> Dict:
     """The model's sharded state dict with each parameter's data replaced by its gradient."""
     from megatron.core.dist_checkpointing.mapping import ShardedTensor, ShardedTensorFactory
 
+    from megatron_align.checkpoint.model_io import model_sharded_state_dict
+
     grads = {}
     for chunk in wrapped_chunks:
         for p in chunk.module.parameters():
             grads[id(p)] = p.main_grad.detach().clone()
-    sd = {}
-    for i, chunk in enumerate(wrapped_chunks):
-        part = chunk.module.sharded_state_dict()
-        sd.update(part if len(wrapped_chunks) == 1 else {f"chunk{i}.{k}": v for k, v in part.items()})
+    sd = model_sharded_state_dict(wrapped_chunks)
 
     def swap(obj):
         if isinstance(obj, dict):
@@ -75,15 +74,12 @@ def _flatten(d, prefix=""):
     return out
 
 
-def _merge_chunk_dicts(wrapped):
-    return wrapped
-
-
 def run(model_name: str, tp: int, pp: int, sp: bool, vpp: Optional[int], dp: int, workdir: str, tag: str,
         save_weights: bool, recompute: str = "none", recompute_k: int = 1, num_layers: Optional[int] = None):
     from megatron.core import dist_checkpointing, parallel_state
     from megatron.core.tensor_parallel.mappings import gather_from_tensor_model_parallel_region
 
+    from megatron_align.checkpoint.model_io import load_model, save_model
     from megatron_align.config import ModelConfig, ParallelConfig
     from megatron_align.engine.forward_backward import forward_backward
     from megatron_align.engine.wrap import wrap_ddp
@@ -94,14 +90,11 @@ def run(model_name: str, tp: int, pp: int, sp: bool, vpp: Optional[int], dp: int
     setup_runtime(par, seed=11)
     mcfg = ModelConfig(name=model_name, recompute=recompute, recompute_k=recompute_k, num_layers=num_layers)
     built = build_model(mcfg, par, seq_length=SEQ)
-    model_sd = lambda: _chunks_sd([c for c in built.chunks])  # noqa: E731
     wdir = os.path.join(workdir, "weights")
     if save_weights:
-        os.makedirs(wdir, exist_ok=True)
-        dist_checkpointing.save(model_sd(), wdir)
+        save_model(built.chunks, wdir)
     else:
-        loaded = dist_checkpointing.load(model_sd(), wdir)
-        _load_chunks(built.chunks, loaded)
+        load_model(built.chunks, wdir)
     chunks = wrap_ddp(built.chunks, use_distributed_optimizer=False)
     for c in chunks:
         c.zero_grad_buffer()
@@ -126,24 +119,6 @@ def run(model_name: str, tp: int, pp: int, sp: bool, vpp: Optional[int], dp: int
             logits = last(x.tokens, x.position_ids, x.doc_ids)
         result["logits"] = gather_from_tensor_model_parallel_region(logits).clone()
     return result
-
-
-def _chunks_sd(chunks):  # same as megatron_align.checkpoint.model_io.model_sharded_state_dict
-    if len(chunks) == 1:
-        return chunks[0].sharded_state_dict()
-    sd = {}
-    for i, c in enumerate(chunks):
-        sd.update({f"chunk{i}.{k}": v for k, v in c.sharded_state_dict().items()})
-    return sd
-
-
-def _load_chunks(chunks, loaded):
-    if len(chunks) == 1:
-        chunks[0].load_state_dict(loaded)
-        return
-    for i, c in enumerate(chunks):
-        pre = f"chunk{i}."
-        c.load_state_dict({k[len(pre):]: v for k, v in loaded.items() if k.startswith(pre)})
 
 
 def read_full(ckpt_dir: str) -> Dict[str, torch.Tensor]:
