@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Dict, List, Optional, Tuple
+import shutil
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.distributed as dist
@@ -50,7 +51,8 @@ def _barrier() -> None:
 
 
 def save_training(root: str, step: int, chunks: List[torch.nn.Module], optimizer, scheduler,
-                  state: Dict[str, Any], arch: ArchSpec, keep_last: int = 0) -> str:
+                  state: Dict[str, Any], arch: ArchSpec, keep_last: int = 0,
+                  tokenizer_files: Sequence[str] = ()) -> str:
     from megatron.core import dist_checkpointing
 
     name = layout.step_name(step)
@@ -72,6 +74,10 @@ def save_training(root: str, step: int, chunks: List[torch.nn.Module], optimizer
         with open(os.path.join(tmp, layout.STATE_FILE), "w") as f:
             json.dump(full_state, f, indent=2)
         layout.write_arch(tmp, arch)
+        if tokenizer_files:
+            os.makedirs(os.path.join(tmp, layout.TOKENIZER_DIR), exist_ok=True)
+            for path in tokenizer_files:
+                shutil.copy2(path, os.path.join(tmp, layout.TOKENIZER_DIR))
     _barrier()
     final = os.path.join(root, name)
     if rank == 0:

@@ -229,23 +229,12 @@ class SFTTrainer:
 
         state = {"sampler": self.sampler.state_dict(), "consumed_tokens": self.consumed_tokens,
                  "finished": step >= len(self.sampler)}  # a requeue of a finished run has nothing to do
-        path = save_training(self.cfg.output_dir, step, self.chunks, self.optimizer, self.scheduler, state,
-                             self.arch, keep_last=self.cfg.output.keep_last)
-        self._copy_tokenizer(path)
-        return path
-
-    def _copy_tokenizer(self, ckpt: str) -> None:
-        import shutil
-
-        if not self.is_main:
-            return
-        src = self.data.tokenizer.file
-        dst = os.path.join(ckpt, "tokenizer")
-        os.makedirs(dst, exist_ok=True)
-        for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
-            path = os.path.join(os.path.dirname(src), name)
-            if os.path.isfile(path):
-                shutil.copy2(path, dst)
+        src_dir = os.path.dirname(self.data.tokenizer.file)
+        tokenizer_files = [os.path.join(src_dir, n) for n in ("tokenizer.json", "tokenizer_config.json",
+                                                               "special_tokens_map.json")
+                           if os.path.isfile(os.path.join(src_dir, n))]
+        return save_training(self.cfg.output_dir, step, self.chunks, self.optimizer, self.scheduler, state,
+                             self.arch, keep_last=self.cfg.output.keep_last, tokenizer_files=tokenizer_files)
 
     def _stop_requested(self) -> bool:
         flag = torch.tensor([1 if self._stop_signal is not None else 0], dtype=torch.long, device=self.rt.device)
@@ -265,8 +254,8 @@ class SFTTrainer:
             with open(os.path.join(cfg.output_dir, "config.yaml"), "w") as f:
                 f.write(dump_yaml(cfg))
             st = self.data.train.stats
-            log(f"data: {len(self.data.train)} samples ({st.as_dict() if hasattr(st, 'as_dict') else st}); "
-                f"{total} steps of {cfg.train.global_batch_size} samples; dp={self.dp_size} tp={cfg.parallel.tp} "
+            log(f"data: {len(self.data.train)} samples (truncated {st.n_truncated}, dropped {st.n_dropped}, "
+                f"skipped bad lines {st.n_skipped_bad}); {total} steps of {cfg.train.global_batch_size} samples; dp={self.dp_size} tp={cfg.parallel.tp} "
                 f"pp={cfg.parallel.pp}{' vpp=' + str(cfg.parallel.vpp) if cfg.parallel.vpp else ''} sp={cfg.parallel.sp}")
         if self.start_step:
             log(f"resumed from step {self.start_step} ({self.resume_from})")
