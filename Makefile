@@ -36,8 +36,8 @@ setup: $(VENV)/.installed
 
 # Rebuild the extension in place whenever a csrc file changes.
 $(VENV)/.ext-built: $(VENV)/.installed $(EXT_SOURCES)
-	$(PIP) install -q -c $(CONSTRAINTS) --no-build-isolation --no-deps -e .
-	touch $@
+	@if [ -f $@ ] && [ -z "$$(find csrc setup.py -newer $@ 2>/dev/null)" ]; then touch $@; \
+	else $(PIP) install -q -c $(CONSTRAINTS) --no-build-isolation --no-deps -e . && touch $@; fi
 
 build: $(VENV)/.ext-built
 
