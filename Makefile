@@ -13,6 +13,10 @@ EXT_SOURCES := $(shell find csrc -name '*.cpp' -o -name '*.h' -o -name '*.cuh' -
 PYTEST_ARGS ?=
 NVCC ?= nvcc
 NVCC_ARCHS ?= 90 80
+# The extension is built in place with the venv's torch (setuptools' editable install re-runs the build
+# in an isolated environment without torch, which would silently skip it), then must import.
+BUILD_EXT = MAX_JOBS=$${MAX_JOBS:-2} $(VPY) setup.py -q build_ext --inplace && \
+	$(VPY) -c "import torch, megatron_align._C; print('megatron_align._C built')"
 
 .PHONY: setup build test test-fast demo nvcc-check bench clean help
 
@@ -29,15 +33,16 @@ $(VENV)/.installed: setup.py
 	$(VPY) -c 'import torch; print("torch==" + torch.__version__)' > $(CONSTRAINTS)
 	$(PIP) install -q -c $(CONSTRAINTS) "setuptools>=68" wheel "pybind11>=2.12" ninja
 	$(PIP) install -q -c $(CONSTRAINTS) --no-build-isolation -e ".[test]"
+	$(BUILD_EXT)
 	touch $@
-	touch $(VENV)/.ext-built  # the editable install above just built the extension
+	touch $(VENV)/.ext-built
 
 setup: $(VENV)/.installed
 
 # Rebuild the extension in place whenever a csrc file changes.
 $(VENV)/.ext-built: $(VENV)/.installed $(EXT_SOURCES)
 	@if [ -f $@ ] && [ -z "$$(find csrc setup.py -newer $@ 2>/dev/null)" ]; then touch $@; \
-	else $(PIP) install -q -c $(CONSTRAINTS) --no-build-isolation --no-deps -e . && touch $@; fi
+	else $(BUILD_EXT) && touch $@; fi
 
 build: $(VENV)/.ext-built
 

@@ -9,8 +9,11 @@ Environment knobs:
   TORCH_CUDA_ARCH_LIST        honoured by torch's build helpers (default here: "8.0;9.0")
   MAX_JOBS                    parallel compile jobs
 
-Install with ``pip install --no-build-isolation -e .`` so the build uses the installed torch
-(``make setup`` does this after installing torch from TORCH_SPEC).
+The build must see the installed torch: ``make setup`` installs torch from TORCH_SPEC, then the package
+(``pip install --no-build-isolation -e .``), then builds the extension in place with
+``python setup.py build_ext --inplace`` and checks that it imports. (Current setuptools runs an editable
+install's build in an isolated environment without torch, where the extension is skipped; a regular
+``pip install --no-build-isolation .`` builds it.)
 """
 
 import glob
