@@ -11,6 +11,8 @@ its ``nh/ng`` query heads, then its key head, then its value head (``hn`` rows e
 
 from __future__ import annotations
 
+import abc
+
 from dataclasses import dataclass
 from typing import List, Sequence
 
@@ -31,14 +33,16 @@ class Dims:
     padded_vocab_size: int
 
 
-class Transform:
+class Transform(abc.ABC):
     name = ""
 
+    @abc.abstractmethod
     def to_mcore(self, hf: Sequence[torch.Tensor], d: Dims) -> torch.Tensor:
-        raise NotImplementedError
+        """HF tensors -> the megatron tensor."""
 
+    @abc.abstractmethod
     def to_hf(self, t: torch.Tensor, d: Dims) -> List[torch.Tensor]:
-        raise NotImplementedError
+        """The megatron tensor -> HF tensors (inverse of to_mcore)."""
 
     def __repr__(self) -> str:
         return self.name

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import abc
+
 from dataclasses import asdict, dataclass
 from typing import List, Optional, Sequence
 
@@ -57,7 +59,7 @@ def has_target_after_first(target_mask: np.ndarray, length: int) -> bool:
     return bool(np.any(target_mask[1:length]))
 
 
-class ChatDataset:
+class ChatDataset(abc.ABC):
     """What the trainer sees, whatever the storage: ``len``, ``ds[i] -> Sample``, ``lengths``, ``stats``."""
 
     lengths: np.ndarray  # int64 [N], tokens per sample after the over-long policy
@@ -66,8 +68,9 @@ class ChatDataset:
     def __len__(self) -> int:
         return int(self.lengths.shape[0])
 
+    @abc.abstractmethod
     def __getitem__(self, idx: int) -> Sample:
-        raise NotImplementedError
+        """Sample ``idx`` (tokens, loss mask, category)."""
 
     def get_samples(self, ids: Sequence[int]) -> List[Sample]:
         return [self[int(i)] for i in ids]

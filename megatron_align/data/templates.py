@@ -9,6 +9,8 @@ Registry: ``TEMPLATES`` (name -> class) and ``FAMILY_TEMPLATES`` (model family -
 
 from __future__ import annotations
 
+import abc
+
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple, Type
 
@@ -23,7 +25,7 @@ class Encoded:
     target_mask: List[int]  # 1 where the token is a loss (assistant) token
 
 
-class ChatTemplate:
+class ChatTemplate(abc.ABC):
     """Base class: subclasses define the control tokens and the shape of a turn."""
 
     name = ""
@@ -38,11 +40,13 @@ class ChatTemplate:
     def prefix(self) -> List[int]:
         return []
 
+    @abc.abstractmethod
     def turn(self, role: str, content: str) -> List[Segment]:
-        raise NotImplementedError
+        """The segments of one message."""
 
+    @abc.abstractmethod
     def generation_prompt(self) -> List[int]:
-        raise NotImplementedError
+        """Tokens that open the assistant's turn."""
 
     # -- shared ----------------------------------------------------------------------------------
     def encode(self, messages: Sequence[Tuple[str, str]], add_generation_prompt: bool = False) -> Encoded:
