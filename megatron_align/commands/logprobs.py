@@ -149,7 +149,6 @@ def build_micro_batches(seqs: List[List[int]], rows: List[Row], seq_length: int,
 def compute_logprobs(args: argparse.Namespace, job: LogprobsJob) -> int:
     import os
 
-    import torch
     import torch.distributed as dist
     from megatron.core import parallel_state
 

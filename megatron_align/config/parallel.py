@@ -36,6 +36,15 @@ class ParallelConfig:
             raise ConfigError(f"parallel.timeout_minutes: must be >= 1, got {self.timeout_minutes}")
 
     @property
+    def interleaved_vpp(self) -> Optional[int]:
+        """Virtual stages per rank when the schedule is interleaved (vpp > 1), else None (megatron's form)."""
+        return self.vpp if (self.vpp or 1) > 1 else None
+
+    @property
+    def stages_per_rank(self) -> int:
+        return self.vpp or 1
+
+    @property
     def model_parallel_size(self) -> int:
         return self.tp * self.pp * self.cp
 

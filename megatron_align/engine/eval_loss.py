@@ -6,13 +6,13 @@ from typing import Dict, List, Tuple
 
 import torch
 
-from megatron_align.engine.inputs import IGNORE_INDEX, ModelInputs
+from megatron_align.engine.inputs import ModelInputs
 
 
 def grouped_lm_loss(num_groups: int, loss_backend: str, inputs: ModelInputs, logits: torch.Tensor
                     ) -> Tuple[torch.Tensor, torch.Tensor, Dict[str, torch.Tensor]]:
     """Like :func:`engine.loss.lm_loss`, plus per-group [loss_sum, tokens] from ``inputs.groups``."""
-    from megatron_align.engine.loss import lm_loss, per_token_loss
+    from megatron_align.engine.loss import per_token_loss, reduce_lm_loss
 
     per_token, mask = per_token_loss(inputs, loss_backend, logits)
     groups = inputs.groups.reshape(-1)
@@ -22,10 +22,9 @@ def grouped_lm_loss(num_groups: int, loss_backend: str, inputs: ModelInputs, log
     counts = torch.zeros(num_groups, dtype=torch.float32, device=logits.device)
     sums.index_add_(0, idx, (per_token * mask).detach() * valid)
     counts.index_add_(0, idx, mask * valid)
-    loss_sum = (per_token * mask).sum()
-    num_tokens = mask.sum().to(torch.int)
-    return loss_sum, num_tokens, {"lm_loss": torch.stack([loss_sum.detach(), mask.sum()]),
-                                  "groups": torch.stack([sums, counts], dim=1)}
+    loss_sum, num_tokens, report = reduce_lm_loss(per_token, mask)
+    report["groups"] = torch.stack([sums, counts], dim=1)
+    return loss_sum, num_tokens, report
 
 
 def category_groups(micro_batch, categories: List[str]) -> torch.Tensor:

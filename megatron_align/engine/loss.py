@@ -35,8 +35,12 @@ def per_token_loss(inputs: ModelInputs, loss_backend: str, logits: torch.Tensor)
 def lm_loss(inputs: ModelInputs, loss_backend: str, logits: torch.Tensor
             ) -> Tuple[torch.Tensor, torch.Tensor, Dict[str, torch.Tensor]]:
     """logits [b, s, V_local] (this TP rank's vocab shard) -> (loss_sum, num_tokens, report)."""
-    per_token, mask = per_token_loss(inputs, loss_backend, logits)
+    return reduce_lm_loss(*per_token_loss(inputs, loss_backend, logits))
+
+
+def reduce_lm_loss(per_token: torch.Tensor, mask: torch.Tensor
+                   ) -> Tuple[torch.Tensor, torch.Tensor, Dict[str, torch.Tensor]]:
+    """Masked per-token losses -> (loss_sum, num_tokens, {"lm_loss": [sum, tokens]}) for the schedule."""
     loss_sum = (per_token * mask).sum()
-    num_tokens = mask.sum().to(torch.int)
     report = torch.stack([loss_sum.detach().float(), mask.sum().detach()])
-    return loss_sum, num_tokens, {"lm_loss": report}
+    return loss_sum, mask.sum().to(torch.int), {"lm_loss": report}

@@ -23,7 +23,8 @@ class MetricsWriter:
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self._tb = SummaryWriter(os.path.join(output_dir, "tensorboard"), purge_step=resume_step + 1 or None)
+            self._tb = SummaryWriter(os.path.join(output_dir, "tensorboard"),
+                                     purge_step=resume_step + 1 if resume_step else None)
 
     def _truncate_after(self, step: int) -> None:
         """A resumed run rewrites the steps after its checkpoint (they were lost with the crash)."""

@@ -37,9 +37,9 @@ def check_arch_parallel(arch: ArchSpec, parallel: ParallelConfig) -> None:
     if arch.num_query_groups % parallel.tp:
         raise ValueError(f"parallel.tp={parallel.tp} does not divide the number of query groups "
                          f"(num_key_value_heads)={arch.num_query_groups}")
-    stages = parallel.pp * (parallel.vpp or 1)
+    stages = parallel.pp * parallel.stages_per_rank
     if arch.num_layers % stages:
-        raise ValueError(f"parallel.pp={parallel.pp} x parallel.vpp={parallel.vpp or 1} does not divide "
+        raise ValueError(f"parallel.pp={parallel.pp} x parallel.vpp={parallel.stages_per_rank} does not divide "
                          f"num_layers={arch.num_layers}")
 
 
@@ -51,7 +51,7 @@ def transformer_config(arch: ArchSpec, model: ModelConfig, parallel: ParallelCon
     on_cpu = not torch.cuda.is_available()
     k = model.recompute_k
     if model.recompute == "kblock":
-        layers_per_stage = arch.num_layers // (parallel.pp * (parallel.vpp or 1))
+        layers_per_stage = arch.num_layers // (parallel.pp * parallel.stages_per_rank)
         if k > layers_per_stage:
             raise ValueError(f"model.recompute_k={k} exceeds the {layers_per_stage} layers of a pipeline stage")
     return TransformerConfig(
@@ -83,7 +83,7 @@ def transformer_config(arch: ArchSpec, model: ModelConfig, parallel: ParallelCon
         pipeline_dtype=dtype,
         tensor_model_parallel_size=parallel.tp,
         pipeline_model_parallel_size=parallel.pp,
-        virtual_pipeline_model_parallel_size=parallel.vpp if (parallel.vpp or 1) > 1 else None,
+        virtual_pipeline_model_parallel_size=parallel.interleaved_vpp,
         context_parallel_size=parallel.cp,
         sequence_parallel=parallel.sp,
         # gloo matches point-to-point messages between a pair of ranks by posting order; batched
@@ -120,13 +120,11 @@ def build_model(model_cfg: ModelConfig, parallel: ParallelConfig, *, arch: Optio
     vocab = padded_vocab_size(arch.vocab_size, model_cfg.make_vocab_size_divisible_by, parallel.tp)
     max_len = seq_length or model_cfg.seq_length or arch.max_position_embeddings
 
-    from megatron.core.transformer.transformer_block import TransformerBlockSubmodules
-    from megatron.core.transformer.transformer_layer import get_transformer_layer_offset  # noqa: F401
-    from megatron.core.transformer.transformer_block import get_num_layers_to_build
+    from megatron.core.transformer.transformer_block import TransformerBlockSubmodules, get_num_layers_to_build
 
-    vpp = parallel.vpp if (parallel.vpp or 1) > 1 else None
+    vpp = parallel.interleaved_vpp
     chunks = []
-    for vp_stage in range(vpp or 1):
+    for vp_stage in range(parallel.stages_per_rank):
         stage = vp_stage if vpp else None
         n_layers = get_num_layers_to_build(config, vp_stage=stage)
         block_spec = TransformerBlockSubmodules(layer_specs=[layer_spec] * n_layers, layer_norm=final_norm)

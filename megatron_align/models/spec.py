@@ -8,7 +8,7 @@ The choice is made here, once, by building a different spec; nothing in forward 
 
 from __future__ import annotations
 
-from typing import Callable, Dict
+from typing import Dict
 
 from megatron.core.fusions.fused_bias_dropout import get_bias_dropout_add
 from megatron.core.tensor_parallel.layers import ColumnParallelLinear, RowParallelLinear
@@ -108,5 +108,3 @@ def build_layer_spec(transformer_impl: str, attention_backend: str) -> tuple:
     layer_fn, norm_fn = SPECS[transformer_impl]
     return layer_fn(attention_backend), norm_fn()
 
-
-LayerSpecFactory = Callable[[str], ModuleSpec]

@@ -190,6 +190,3 @@ def _keep_cpu_tracker(orig):
 
     return initialize_rng_tracker
 
-
-def installed() -> bool:
-    return _INSTALLED

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime
-import os
 import random
 import socket
 from dataclasses import dataclass
@@ -106,11 +105,10 @@ def setup_runtime(parallel: ParallelConfig, *, seed: int = 1234, num_attention_h
 
     if parallel_state.model_parallel_is_initialized():
         parallel_state.destroy_model_parallel()
-    vpp = parallel.vpp if (parallel.vpp or 1) > 1 else None
     parallel_state.initialize_model_parallel(
         tensor_model_parallel_size=parallel.tp,
         pipeline_model_parallel_size=parallel.pp,
-        virtual_pipeline_model_parallel_size=vpp,
+        virtual_pipeline_model_parallel_size=parallel.interleaved_vpp,
         context_parallel_size=parallel.cp,
         distributed_timeout_minutes=parallel.timeout_minutes,
         create_gloo_process_groups=torch.cuda.is_available(),

@@ -9,13 +9,12 @@ SIGUSR1/SIGTERM make every rank save at the next step boundary and exit 0.
 from __future__ import annotations
 
 import functools
-import json
 import math
 import os
 import signal
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Dict, List, Optional
 
 import torch
@@ -127,10 +126,14 @@ class SFTTrainer:
         return t
 
     def _global_report(self, totals: Dict[str, torch.Tensor], key: str, like: torch.Tensor) -> torch.Tensor:
-        """A report summed over DP ranks and made available on every pipeline stage."""
+        """A report summed over DP ranks and made available on every pipeline stage (only the last stage
+        has it; the others contribute zeros)."""
+        value = totals[key].to(like) if key in totals else torch.zeros_like(like)
+        return self._sum_dp_pp(value)
+
+    def _sum_dp_pp(self, value: torch.Tensor) -> torch.Tensor:
         from megatron.core import parallel_state
 
-        value = totals[key].to(like.device).float() if key in totals else torch.zeros_like(like)
         self._all_reduce(value, group=parallel_state.get_data_parallel_group())
         self._all_reduce(value, group=parallel_state.get_pipeline_model_parallel_group())
         return value
@@ -145,11 +148,11 @@ class SFTTrainer:
         cfg = self.cfg
         mbs = rank_micro_batches(dataset, global_ids, self.dp_rank, self.dp_size, cfg.data,
                                  cfg.train.micro_batch_size, self.data.tokenizer.pad_id)
-        n = torch.tensor([len(mbs)], dtype=torch.long)
+        n = torch.tensor([len(mbs)], dtype=torch.long, device=self.rt.device)
         self._all_reduce(n, op=dist.ReduceOp.MAX, group=parallel_state.get_data_parallel_group())
         count = int(n.item())
         pp = cfg.parallel.pp
-        if (cfg.parallel.vpp or 1) > 1 and count % pp:  # interleaved schedule: multiple of pp
+        if cfg.parallel.interleaved_vpp and count % pp:  # interleaved schedule: multiple of pp
             count += pp - count % pp
         mbs = pad_micro_batches(mbs, count, cfg.data.seq_length, cfg.train.micro_batch_size,
                                 self.data.tokenizer.pad_id)
@@ -181,14 +184,16 @@ class SFTTrainer:
                                   transformer_impl=self.impl)
         _, grad_norm, _ = self.optimizer.step()
         self.scheduler.step(increment=1)
-        report = self._global_report(totals, "lm_loss", torch.zeros(2, device=self.rt.device))
-        counts = torch.tensor([sum(m.num_real_tokens for m in mbs), len(mbs) * cfg.train.micro_batch_size
-                               * cfg.data.seq_length], dtype=torch.float64)
-        from megatron.core import parallel_state
-
-        self._all_reduce(counts, group=parallel_state.get_data_parallel_group())
-        loss = (report[0] / report[1].clamp(min=1)).item()
-        return StepStats(loss=loss, tokens=int(counts[0]), loss_tokens=int(report[1].item()), slots=int(counts[1]),
+        # One collective pair for [loss_sum, loss_tokens, real_tokens, slots]: the last pipeline stage
+        # contributes everything (fp64 keeps token counts exact), the other stages zeros.
+        stats = torch.zeros(4, dtype=torch.float64, device=self.rt.device)
+        if "lm_loss" in totals:
+            stats[:2] = totals["lm_loss"].to(stats)
+            stats[2] = sum(m.num_real_tokens for m in mbs)
+            stats[3] = len(mbs) * cfg.train.micro_batch_size * cfg.data.seq_length
+        loss_sum, loss_tokens, tokens, slots = self._sum_dp_pp(stats).tolist()
+        loss = loss_sum / max(loss_tokens, 1.0)
+        return StepStats(loss=loss, tokens=int(tokens), loss_tokens=int(loss_tokens), slots=int(slots),
                          grad_norm=float(grad_norm) if grad_norm is not None else float("nan"),
                          seconds=time.perf_counter() - t0)
 
@@ -281,8 +286,7 @@ class SFTTrainer:
             if not math.isfinite(stats.loss):
                 raise TrainingDivergedError(f"loss is {stats.loss} at step {step}: stopping (lower optim.lr, check data)")
             self.consumed_tokens += stats.tokens
-            record = {"step": step, "loss": stats.loss, "lr": self.scheduler.get_lr(self.optimizer.param_groups[0])
-                      if hasattr(self.scheduler, "get_lr") else self.optimizer.param_groups[0]["lr"],
+            record = {"step": step, "loss": stats.loss, "lr": self.optimizer.param_groups[0]["lr"],
                       "grad_norm": stats.grad_norm, "tokens": stats.tokens, "loss_tokens": stats.loss_tokens,
                       "token_utilization": stats.tokens / max(stats.slots, 1),
                       "tokens_per_sec": stats.tokens / max(stats.seconds, 1e-9), "step_time": stats.seconds,

@@ -11,7 +11,6 @@ moves gradients by O(|g|)).
 """
 
 import pytest
-import torch
 
 from helpers.dist import run_distributed
 from helpers.parity import read_full, run
