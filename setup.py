@@ -113,7 +113,11 @@ setup(
         "tensorboard>=2.14",
     ],
     extras_require={
-        "test": ["pytest>=7.4", "pytest-timeout>=2.2"],
+        "test": [
+            "pytest>=7.4", "pytest-timeout>=2.2",
+            # the field's own definitions, compared against in tests (exact pins: tests call their internals)
+            "trl==1.16.0", "mergekit==0.1.5", "sentencepiece>=0.2",
+        ],
         "te": ["transformer-engine[pytorch]"],
         "nemo": ["nemo-toolkit"],
     },
