@@ -69,4 +69,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog=f"megatron-align {name}", description=commands[name].help)
     module.add_arguments(parser)
     args = parser.parse_args(rest)
-    return int(module.run(args) or 0)
+    from megatron_align.errors import UserError
+
+    try:
+        return int(module.run(args) or 0)
+    except UserError as exc:  # the user's to fix: one line, exit 2; anything else is a bug (traceback)
+        print(f"megatron-align {name}: error: {exc}", file=sys.stderr, flush=True)
+        return 2

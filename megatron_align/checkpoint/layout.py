@@ -22,6 +22,7 @@ import os
 import shutil
 from typing import Optional
 
+from megatron_align.errors import UserError
 from megatron_align.models.arch import ArchSpec
 
 LATEST = "latest"
@@ -34,7 +35,7 @@ TOKENIZER_DIR = "tokenizer"
 RELEASE = "release"
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError, RuntimeError):
     """A checkpoint is missing, incomplete or of the wrong kind; the message names the path."""
 
 

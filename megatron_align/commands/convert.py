@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 
 
@@ -29,16 +28,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from megatron_align.convert.api import convert
-    from megatron_align.convert.errors import ConvertError
     from megatron_align.convert.hf_io import parse_size
 
     start = time.perf_counter()
-    try:
-        out = convert(args.src, args.dst, to=args.to, family=args.family, dtype=args.dtype,
-                      max_shard_size=parse_size(args.max_shard_size),
-                      make_vocab_size_divisible_by=args.make_vocab_size_divisible_by)
-    except (ConvertError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    out = convert(args.src, args.dst, to=args.to, family=args.family, dtype=args.dtype,
+                  max_shard_size=parse_size(args.max_shard_size),
+                  make_vocab_size_divisible_by=args.make_vocab_size_divisible_by)
     print(json.dumps({"src": args.src, "output": out, "seconds": round(time.perf_counter() - start, 2)}))
     return 0

@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from megatron_align.config.base import ConfigError, help_field
+from megatron_align.errors import UserError
 from megatron_align.config.model import ModelConfig
 from megatron_align.config.parallel import ParallelConfig
 
@@ -31,7 +31,7 @@ class LogprobsJob:
     parallel: ParallelConfig = help_field(default_factory=ParallelConfig, help="TP/PP layout (DP = the rest).")
 
 
-class LogprobsError(ValueError):
+class LogprobsError(UserError, ValueError):
     """Bad input for `logprobs`; the message names the file and line."""
 
 
@@ -221,13 +221,7 @@ def compute_logprobs(args: argparse.Namespace, job: LogprobsJob) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from megatron_align.checkpoint.layout import CheckpointError
     from megatron_align.config.base import load_config
-    from megatron_align.data.errors import DataError
 
-    try:
-        job = load_config(LogprobsJob, args.config, args.overrides)
-        return compute_logprobs(args, job)
-    except (ConfigError, LogprobsError, CheckpointError, DataError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    job = load_config(LogprobsJob, args.config, args.overrides)
+    return compute_logprobs(args, job)

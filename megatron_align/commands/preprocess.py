@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -26,18 +25,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from megatron_align.data.errors import DataError
     from megatron_align.data.indexed import preprocess
     from megatron_align.data.templates import resolve_template_name
 
+    from megatron_align.errors import UserError
+
     try:
         template = resolve_template_name(args.template, args.family)
-        if args.seq_length is not None and args.seq_length < 2:
-            raise ValueError(f"--seq-length must be >= 2, got {args.seq_length}")
-        stats = preprocess(args.input, args.output_prefix, args.tokenizer, template, seq_length=args.seq_length,
-                           overlong=args.overlong, on_bad_line=args.on_bad_line, system_prompt=args.system_prompt)
-    except (DataError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    except ValueError as exc:
+        raise UserError(f"--template/--family: {exc}") from None
+    if args.seq_length is not None and args.seq_length < 2:
+        raise UserError(f"--seq-length must be >= 2, got {args.seq_length}")
+    stats = preprocess(args.input, args.output_prefix, args.tokenizer, template, seq_length=args.seq_length,
+                       overlong=args.overlong, on_bad_line=args.on_bad_line, system_prompt=args.system_prompt)
     print(json.dumps({"output_prefix": args.output_prefix, "template": template, **stats.as_dict()}))
     return 0

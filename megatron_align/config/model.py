@@ -43,6 +43,11 @@ class ModelConfig:
     num_layers: Optional[int] = help_field(None, help="Override the preset's number of layers (for quick tests).")
     seq_length: Optional[int] = help_field(
         None, help="Max positions the model is built for; defaults to data.seq_length or the preset's.")
+    head: str = help_field(
+        "lm", help="Output head: 'lm' (vocabulary logits), 'reward' (one fp32 scalar per sequence, read at its last "
+                   "token: the reward model) or 'value' (one fp32 scalar per token: the PPO critic). Scalar heads are "
+                   "stored as reward_head.weight (HF *ForSequenceClassification score.weight).",
+        choices=("lm", "reward", "value"))
 
     def validate(self) -> None:
         if self.recompute_k < 1:

@@ -15,13 +15,13 @@ all padding (loss_mask 0, no samples), so they change neither the loss sum nor t
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 
 from megatron_align.data.packing import PackedRow, build_row, pack_lengths
-from megatron_align.data.samples import Sample
+from megatron_align.data.samples import Sample, Unit, as_unit
 
 
 @dataclass
@@ -33,19 +33,29 @@ class MicroBatch:
     cu_seqlens: torch.Tensor  # int32 [n_segments+1] over the flattened mbs*S tokens, last == mbs*S
     max_seqlen: int  # longest segment
     sample_index: torch.Tensor  # int64 [mbs, S]: index into sample_ids, -1 on padding
-    sample_ids: List[int] = field(default_factory=list)
-    categories: List[Optional[str]] = field(default_factory=list)
+    sample_ids: List[int] = field(default_factory=list)  # per document (sample_index indexes these)
+    categories: List[Optional[str]] = field(default_factory=list)  # per document
     num_loss_tokens: int = 0
     num_real_tokens: int = 0
     packed: bool = True
+    # documents -> units (see data.samples.Unit): per document its unit's position in ``unit_ids``, its role,
+    # its per-document values, and where it lies in the flattened mbs*S tokens (start, length)
+    doc_units: List[int] = field(default_factory=list)
+    doc_roles: List[int] = field(default_factory=list)
+    doc_values: List[Dict[str, float]] = field(default_factory=list)
+    doc_spans: List[Tuple[int, int]] = field(default_factory=list)
+    unit_ids: List[int] = field(default_factory=list)
+    unit_categories: List[Optional[str]] = field(default_factory=list)
+    unit_datasets: List[Optional[str]] = field(default_factory=list)
 
     @property
     def is_padding(self) -> bool:
         return not self.sample_ids
 
 
-def _assemble(rows: List[PackedRow], row_samples: List[List[Sample]], seq_length: int,
+def _assemble(rows: List[PackedRow], row_units: List[List[Unit]], seq_length: int,
               micro_batch_size: int, pad_id: int, packed: bool) -> MicroBatch:
+    row_samples = [[d for u in units for d in u.docs] for units in row_units]
     while len(rows) < micro_batch_size:
         rows.append(build_row([], seq_length, pad_id))
         row_samples.append([])
@@ -61,6 +71,12 @@ def _assemble(rows: List[PackedRow], row_samples: List[List[Sample]], seq_length
         offset_samples += len(samples)
     cu_arr = np.asarray(cu, dtype=np.int32)
     flat = [s for samples in row_samples for s in samples]
+    units = [u for us in row_units for u in us]
+    doc_units = [k for k, u in enumerate(units) for _ in u.docs]
+    doc_spans = []
+    for r_i, row in enumerate(rows):
+        base = r_i * seq_length
+        doc_spans.extend((base + int(a), int(b - a)) for a, b in zip(row.cu_seqlens[:-1], row.cu_seqlens[1:]))
     loss_mask = torch.from_numpy(np.stack([r.loss_mask for r in rows]))
     return MicroBatch(
         tokens=torch.from_numpy(np.stack([r.tokens for r in rows])),
@@ -75,29 +91,38 @@ def _assemble(rows: List[PackedRow], row_samples: List[List[Sample]], seq_length
         num_loss_tokens=int(loss_mask.sum().item()),
         num_real_tokens=sum(len(s) for s in flat),
         packed=packed,
+        doc_units=doc_units,
+        doc_roles=[s.role for s in flat],
+        doc_values=[s.values for s in flat],
+        doc_spans=doc_spans,
+        unit_ids=[u.unit_id for u in units],
+        unit_categories=[u.category for u in units],
+        unit_datasets=[u.dataset for u in units],
     )
 
 
-def make_micro_batches(samples: Sequence[Sample], seq_length: int, micro_batch_size: int,
+def make_micro_batches(items: Sequence[Union[Sample, Unit]], seq_length: int, micro_batch_size: int,
                        packing: bool = True, pad_id: int = 0) -> List[MicroBatch]:
-    """Pack (best-fit decreasing) or pad (one sample per row, in the given order) ``samples`` into rows of
+    """Pack (best-fit decreasing, by unit) or pad (one unit per row, in the given order) ``items`` into rows of
     ``seq_length`` tokens, then group rows into micro-batches of ``micro_batch_size`` rows (the last one
-    filled with padding rows). Deterministic for a given input order. Samples must fit in ``seq_length``."""
+    filled with padding rows). A :class:`Sample` is a one-document unit; the documents of a unit go into one
+    row, one after another, each an isolated document. Deterministic for a given input order. Units must fit
+    in ``seq_length``."""
     if micro_batch_size < 1:
         raise ValueError(f"micro_batch_size must be >= 1, got {micro_batch_size}")
-    samples = list(samples)
-    too_long = [s.sample_id for s in samples if len(s) > seq_length]
+    units = [as_unit(x) for x in items]
+    too_long = [u.unit_id for u in units if len(u) > seq_length]
     if too_long:
         raise ValueError(f"samples {too_long[:5]} exceed seq_length {seq_length}; apply data.overlong first")
     if packing:
-        groups = pack_lengths([len(s) for s in samples], seq_length)
+        groups = pack_lengths([len(u) for u in units], seq_length)
     else:
-        groups = [[i] for i in range(len(samples))]
+        groups = [[i] for i in range(len(units))]
     out: List[MicroBatch] = []
     for start in range(0, len(groups), micro_batch_size):
-        row_samples = [[samples[i] for i in g] for g in groups[start:start + micro_batch_size]]
-        rows = [build_row(rs, seq_length, pad_id) for rs in row_samples]
-        out.append(_assemble(rows, row_samples, seq_length, micro_batch_size, pad_id, packing))
+        row_units = [[units[i] for i in g] for g in groups[start:start + micro_batch_size]]
+        rows = [build_row([d for u in us for d in u.docs], seq_length, pad_id) for us in row_units]
+        out.append(_assemble(rows, row_units, seq_length, micro_batch_size, pad_id, packing))
     return out
 
 

@@ -67,10 +67,11 @@ def build_data(cfg: DataConfig, family: Optional[str] = None) -> DataBundle:
 
 def rank_micro_batches(dataset: ChatDataset, global_ids: Sequence[int], dp_rank: int, dp_size: int,
                        cfg: DataConfig, micro_batch_size: int, pad_id: int = 0) -> List[MicroBatch]:
-    """This DP rank's share of one global batch, packed or padded per ``cfg.packing``."""
+    """This DP rank's share of one global batch (of units: samples, pairs, groups), packed or padded per
+    ``cfg.packing``; a unit never straddles ranks or micro-batches."""
     lengths = dataset.lengths[list(global_ids)] if cfg.balance_dp_by_tokens else None
     mine = shard_for_rank(global_ids, dp_rank, dp_size, lengths)
-    return make_micro_batches(dataset.get_samples(mine), cfg.seq_length, micro_batch_size, cfg.packing, pad_id)
+    return make_micro_batches(dataset.get_units(mine), cfg.seq_length, micro_batch_size, cfg.packing, pad_id)
 
 
 def packing_stats(dataset: ChatDataset, seq_length: int) -> DataStats:

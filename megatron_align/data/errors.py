@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from typing import Optional
 
+from megatron_align.errors import UserError
 
-class DataError(ValueError):
+
+class DataError(UserError, ValueError):
     """Bad training data or data setup. ``str(err)`` reads ``path:line: reason``.
 
     Attributes: ``path`` (the file), ``line`` (1-based line number, or None), ``reason``.

@@ -4,23 +4,51 @@ from __future__ import annotations
 
 import abc
 
-from dataclasses import asdict, dataclass
-from typing import List, Optional, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
 
 @dataclass
 class Sample:
-    """One tokenized conversation. ``target_mask[i] == 1`` iff token i is a loss (assistant) token."""
+    """One tokenized document (a conversation, or prompt + one response). ``target_mask[i] == 1`` iff token i
+    is a loss (assistant / response) token. ``role`` tells the documents of a :class:`Unit` apart (0 for SFT;
+    0 = chosen, 1 = rejected in a preference pair; the index of the response in a GRPO group) and ``values``
+    carries per-document numbers an objective reads (e.g. an absolute ``score``)."""
 
     sample_id: int
     input_ids: np.ndarray  # int64 [L]
     target_mask: np.ndarray  # uint8 [L]
     category: Optional[str] = None
+    role: int = 0
+    values: Dict[str, float] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return int(self.input_ids.shape[0])
+
+
+@dataclass
+class Unit:
+    """What the sampler, the DP sharding and the packer move as one piece: documents that must share a micro-batch
+    (an SFT sample: one; a preference pair: chosen and rejected; a GRPO group: the n responses of a prompt).
+    A unit is never split across data-parallel ranks, micro-batches or (when packed) rows; the objective finds a
+    document's partners by ``unit_id`` and ``role``, never by position."""
+
+    unit_id: int
+    docs: List[Sample]
+    category: Optional[str] = None
+    dataset: Optional[str] = None
+
+    def __len__(self) -> int:
+        return sum(len(d) for d in self.docs)
+
+
+def as_unit(item) -> Unit:
+    """A :class:`Sample` becomes a one-document unit (SFT); a unit stays as it is."""
+    if isinstance(item, Unit):
+        return item
+    return Unit(item.sample_id, [item], item.category)
 
 
 @dataclass
@@ -74,3 +102,7 @@ class ChatDataset(abc.ABC):
 
     def get_samples(self, ids: Sequence[int]) -> List[Sample]:
         return [self[int(i)] for i in ids]
+
+    def get_units(self, ids: Sequence[int]) -> List[Unit]:
+        """Items ``ids`` as units (what the packer takes); ``lengths`` are the units' total tokens."""
+        return [as_unit(self[int(i)]) for i in ids]

@@ -9,6 +9,7 @@ import torch
 
 from megatron_align.engine.inputs import ModelInputs
 from megatron_align.engine.loss import lm_loss
+from megatron_align.engine.objective import Objective, combine_reports, report_for_schedule
 
 LossFn = Callable[[ModelInputs, torch.Tensor], tuple]
 
@@ -38,6 +39,11 @@ def _thd_forward(model, inputs: ModelInputs):
 FORWARDS = {"local": _local_forward, "te": _thd_forward}
 
 
+def run_model(model, inputs: ModelInputs, transformer_impl: str = "local"):
+    """One chunk's forward on one micro-batch, the way the configured layer spec takes packed rows."""
+    return FORWARDS[transformer_impl](model, inputs)
+
+
 def lm_forward_step(loss_backend: str, loss_fn: Optional[Callable] = None, transformer_impl: str = "local"):
     """A megatron ``forward_step_func``: run the chunk, hand the loss a closure over the batch."""
     loss_fn = loss_fn or functools.partial(lm_loss, loss_backend=loss_backend)
@@ -55,17 +61,29 @@ def _call_loss(loss_fn, inputs, output):
     return loss_fn(inputs, logits=output)
 
 
+def _objective_loss(objective: Objective):
+    def loss_fn(inputs: ModelInputs, logits: torch.Tensor):
+        return report_for_schedule(objective, objective(inputs, logits))
+
+    return loss_fn
+
+
 def forward_backward(chunks: List[torch.nn.Module], micro_batches: Sequence[ModelInputs], *,
                      seq_length: int, micro_batch_size: int, loss_backend: str = "fused",
                      forward_only: bool = False, loss_fn: Optional[Callable] = None,
-                     transformer_impl: str = "local") -> Dict[str, torch.Tensor]:
-    """Run every micro-batch; return the summed loss reports (on the last pipeline stage, else {}).
+                     transformer_impl: str = "local", objective: Optional[Objective] = None
+                     ) -> Dict[str, torch.Tensor]:
+    """Run every micro-batch; return the combined reports (on the last pipeline stage, else {}).
 
-    ``chunks`` are the (DDP-wrapped) model chunks of this rank; every rank receives the same
-    list of micro-batches (first stage uses tokens, last stage labels/mask, all use positions).
+    ``chunks`` are the (DDP-wrapped, or frozen) model chunks of this rank; every rank receives the same
+    list of micro-batches (first stage uses tokens, last stage labels/mask, all use positions). The loss is an
+    :class:`~megatron_align.engine.objective.Objective` (reports combined by each metric's reduction) or a
+    plain ``loss_fn(inputs, logits) -> (loss_sum, count, report)`` (reports summed).
     """
     from megatron.core.pipeline_parallel import get_forward_backward_func
 
+    if objective is not None:
+        loss_fn = _objective_loss(objective)
     fb = get_forward_backward_func()
     n = len(micro_batches)
     iters = [iter(micro_batches) for _ in chunks]
@@ -78,6 +96,8 @@ def forward_backward(chunks: List[torch.nn.Module], micro_batches: Sequence[Mode
         micro_batch_size=micro_batch_size,
         forward_only=forward_only,
     )
+    if objective is not None:
+        return combine_reports(objective, reports)
     totals: Dict[str, torch.Tensor] = {}
     for rep in reports or []:
         for key, value in rep.items():

@@ -138,11 +138,12 @@ def build_model(model_cfg: ModelConfig, parallel: ParallelConfig, *, arch: Optio
             pre_process=pre,
             post_process=post,
             parallel_output=True,
-            share_embeddings_and_output_weights=arch.tie_embeddings,
+            share_embeddings_and_output_weights=arch.tie_embeddings and model_cfg.head == "lm",
             position_embedding_type="rope",
             rotary_base=int(arch.rope_theta) if float(arch.rope_theta).is_integer() else arch.rope_theta,
             vp_stage=stage,
             arch=arch,
+            head=model_cfg.head,
         )
         if torch.cuda.is_available():
             model.cuda(torch.cuda.current_device())

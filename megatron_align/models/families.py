@@ -12,10 +12,11 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
+from megatron_align.errors import UserError
 from megatron_align.models.arch import ArchSpec, RopeScaling
 
 
-class ModelSpecError(ValueError):
+class ModelSpecError(UserError, ValueError):
     """An unknown preset/family or an HF config this project cannot build; names the key or file."""
 
 

@@ -47,12 +47,22 @@ class AlignOutputLayer(ColumnParallelLinear):
 
 
 class AlignGPTModel(GPTModel):
-    def __init__(self, *args, arch: ArchSpec, **kwargs) -> None:
+    def __init__(self, *args, arch: ArchSpec, head: str = "lm", head_seed: int = 0, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.arch = arch
+        self.head = head
         self.register_buffer("rope_inv_freq", rope_inv_freq(arch.kv_channels, arch.rope_theta, arch.rope_scaling),
                              persistent=False)
-        if self.post_process:
+        if self.post_process and head != "lm":  # a scalar head instead of the vocabulary projection
+            from megatron_align.models.heads import ScalarHead
+
+            del self.output_layer
+            self.reward_head = ScalarHead(self.config.hidden_size, init_std=self.config.init_method_std,
+                                          seed=head_seed, sequence_parallel=self.config.sequence_parallel,
+                                          tp_group=parallel_state.get_tensor_model_parallel_group(),
+                                          device=self.embedding.word_embeddings.weight.device
+                                          if self.pre_process else None)
+        elif self.post_process:
             out = self.output_layer
             out.__class__ = AlignOutputLayer
             out.norm_head = arch.norm_head
@@ -67,3 +77,8 @@ class AlignGPTModel(GPTModel):
         if packed_seq_params is None and position_ids is not None and out[1] is not None:
             out[1] = rope_freqs_from_positions(self.rope_inv_freq, position_ids)
         return tuple(out)
+
+    def _postprocess(self, hidden_states, *args, **kwargs):
+        if self.head == "lm" or not self.post_process:
+            return super()._postprocess(hidden_states, *args, **kwargs)
+        return self.reward_head(hidden_states)

@@ -78,8 +78,9 @@ def test_cli_and_build_data_on_an_indexed_prefix(corpus, capsys, tok):
     with pytest.raises(DataError, match="built with template 'llama3'"):
         build_data(DataConfig(path=prefix, eval_path=None, template="chatml", seq_length=40))
 
-    bad = parser.parse_args(["--input", path, "--output-prefix", str(d / "cli" / "bad"), "--template", "chatml"])
-    assert cmd.run(bad) == 2
+    from megatron_align.cli import main
+
+    assert main(["preprocess", "--input", path, "--output-prefix", str(d / "cli" / "bad"), "--template", "chatml"]) == 2
     assert "train.jsonl:3: malformed JSON" in capsys.readouterr().err
     assert not (d / "cli" / "bad.bin").exists() and not (d / "cli" / "bad.tmp.bin").exists()
     with pytest.raises(DataError, match="no indexed chat dataset"):

@@ -71,7 +71,7 @@ def sft_nan_at(overrides: List[str], step: int):
     def train_step(self, global_ids):
         out = orig(self, global_ids)
         if self.sampler.step == step:
-            out.loss = float("nan")
+            out["loss"] = float("nan")
         return out
 
     sft_mod.SFTTrainer.train_step = train_step

@@ -53,7 +53,7 @@ def overhead_cpu(steps: int) -> None:
     trainer = SFTTrainer(cfg)
     trainer.setup()
     pack_t = 0.0
-    orig = trainer._micro_batches
+    orig = trainer.micro_batches
 
     def timed(*a, **k):
         nonlocal pack_t
@@ -62,7 +62,7 @@ def overhead_cpu(steps: int) -> None:
         pack_t += time.perf_counter() - t0
         return out
 
-    trainer._micro_batches = timed
+    trainer.micro_batches = timed
     step_t = 0.0
     for i, ids in enumerate(trainer.sampler):
         t0 = time.perf_counter()
