@@ -117,6 +117,43 @@ def conversation(rng: random.Random) -> dict:
     return {"messages": messages, "category": category}
 
 
+# -- preference pairs (reward model, DPO): a learnable rule, chosen = the correct answer, rejected = a wrong one
+N_PAIRS_TRAIN, N_PAIRS_EVAL = 1200, 200
+
+
+def pair_repeat(rng):
+    w, other = rng.sample(WORDS, 2)
+    return f"Repeat the word {w}.", w, other
+
+
+def pair_math(rng):
+    a, b = rng.randint(0, 4), rng.randint(0, 4)
+    wrong = a + b + rng.choice([-2, -1, 1, 2, 3])
+    return f"What is {a} + {b}?", f"{a} + {b} = {a + b}", f"{a} + {b} = {max(wrong, 0) if wrong != a + b else a + b + 1}"
+
+
+def pair_count(rng):
+    n = rng.randint(1, 5)
+    ws = words(rng, n)
+    wrong = rng.choice([k for k in range(1, 7) if k != n])
+    return f"How many words: {' '.join(ws)}?", str(n), str(wrong)
+
+
+PAIR_TASKS = {"repeat": pair_repeat, "math": pair_math, "count": pair_count}
+
+
+def preference_pair(rng: random.Random) -> dict:
+    category = rng.choice(list(PAIR_TASKS))
+    q, good, bad = PAIR_TASKS[category](rng)
+    rec = {"prompt": [{"role": "user", "content": q}], "chosen": [{"role": "assistant", "content": good}],
+           "rejected": [{"role": "assistant", "content": bad}], "category": category}
+    if rng.random() < 0.5:  # half the pairs carry absolute scores (1-10), like a rated preference set
+        rec.update(dataset="rated", chosen_score=rng.randint(7, 10), rejected_score=rng.randint(1, 4))
+    else:
+        rec["dataset"] = "rules"
+    return rec
+
+
 def write_jsonl(path: str, records: list) -> None:
     with open(path, "w", encoding="utf-8", newline="\n") as f:
         for r in records:
@@ -145,6 +182,10 @@ def main(argv=None) -> int:
     evals = [conversation(rng) for _ in range(N_EVAL)]
     write_jsonl(os.path.join(args.out, "chat_train.jsonl"), train)
     write_jsonl(os.path.join(args.out, "chat_eval.jsonl"), evals)
+
+    prng = random.Random(SEED + 1)  # own stream: the pairs do not change the chat data or the tokenizer
+    write_jsonl(os.path.join(args.out, "pairs_train.jsonl"), [preference_pair(prng) for _ in range(N_PAIRS_TRAIN)])
+    write_jsonl(os.path.join(args.out, "pairs_eval.jsonl"), [preference_pair(prng) for _ in range(N_PAIRS_EVAL)])
 
     texts = ["system", "user", "assistant", "\n\n", "\n"] + [m["content"] for c in train for m in c["messages"]]
     texts += [" ".join(str(i) for i in range(k, k + 20)) for k in range(0, 2600, 20)]  # numbers to the max answer

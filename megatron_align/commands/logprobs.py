@@ -12,15 +12,14 @@ from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence, Tuple
+from dataclasses import dataclass
+from typing import List, Optional
 
 from megatron_align.config.base import ConfigError, help_field
 from megatron_align.errors import UserError
 from megatron_align.config.model import ModelConfig
 from megatron_align.config.parallel import ParallelConfig
 
-IGNORE_INDEX = -100
 
 
 @dataclass
@@ -97,73 +96,27 @@ def messages_encoder(tokenizer_path: str, template: Optional[str], family: str):
     return encode
 
 
-# -- packing --------------------------------------------------------------------------------------------
-@dataclass
-class Row:
-    spans: List[Tuple[int, int, int]] = field(default_factory=list)  # (sequence index, start, length)
-    used: int = 0
-
-
-def pack_rows(lengths: Sequence[int], seq_length: int) -> List[Row]:
-    """Next-fit packing in input order (sequences stay contiguous; each row <= seq_length tokens)."""
-    rows: List[Row] = []
-    for idx, n in enumerate(lengths):
-        if not rows or rows[-1].used + n > seq_length:
-            rows.append(Row())
-        rows[-1].spans.append((idx, rows[-1].used, n))
-        rows[-1].used += n
-    return rows
-
-
-def build_micro_batches(seqs: List[List[int]], rows: List[Row], seq_length: int, mbs: int, device):
-    """Rows -> TaggedInputs of ``mbs`` rows (padded with empty rows): tokens, restarting positions,
-    document ids (padding is a document of its own), next-token labels within each sequence."""
-    import torch
-
-    from megatron_align.convert.inference import TaggedInputs
-
-    out = []
-    for b in range(0, len(rows), mbs):
-        group = rows[b:b + mbs]
-        tokens = torch.zeros(mbs, seq_length, dtype=torch.long)
-        pos = torch.arange(seq_length).repeat(mbs, 1)
-        labels = torch.full((mbs, seq_length), IGNORE_INDEX, dtype=torch.long)
-        docs = torch.zeros(mbs, seq_length, dtype=torch.long)
-        for r, row in enumerate(group):
-            for d, (idx, start, n) in enumerate(row.spans):
-                ids = torch.tensor(seqs[idx], dtype=torch.long)
-                tokens[r, start:start + n] = ids
-                pos[r, start:start + n] = torch.arange(n)
-                labels[r, start:start + n - 1] = ids[1:]
-                docs[r, start:start + n] = d
-            pad_from = row.used
-            pos[r, pad_from:] = torch.arange(seq_length - pad_from)
-            docs[r, pad_from:] = len(row.spans)
-        mask = (labels != IGNORE_INDEX).float()
-        out.append(TaggedInputs(tokens.to(device), pos.to(device), labels.to(device), mask.to(device),
-                                docs.to(device), batch_id=b // mbs))
-    return out
-
-
 # -- run --------------------------------------------------------------------------------------------------
 def compute_logprobs(args: argparse.Namespace, job: LogprobsJob) -> int:
+    """Pack the sequences exactly like training (best-fit rows of isolated documents, positions restarting,
+    ``cu_seqlens`` for the THD path) and run them forward-only through a frozen :class:`ModelSession`, i.e.
+    through the same forward as training for the configured ``model.transformer_impl``."""
     import os
 
+    import numpy as np
     import torch.distributed as dist
-    from megatron.core import parallel_state
 
     from megatron_align.checkpoint import layout
-    from megatron_align.convert.inference import build_and_load, forward_only, tp_group_or_none
-    from megatron_align.convert.mapping import reward_head
-    from megatron_align.models.builder import check_arch_parallel
+    from megatron_align.data.samples import Sample
+    from megatron_align.engine.collect import run_per_document
+    from megatron_align.engine.session import frozen_from_checkpoint
     from megatron_align.ops import token_logprobs
     from megatron_align.runtime import setup_runtime, teardown
 
     ckpt = layout.resolve(args.load)
     arch = layout.read_arch(ckpt)
-    if reward_head(arch) is not None:
+    if (arch.extra or {}).get("reward_head") is not None:
         raise LogprobsError(f"{ckpt} has a scalar (reward) head, not a language-model head: no token log-probs")
-    check_arch_parallel(arch, job.parallel)
     if args.seq_length < 2 or args.micro_batch_size < 1:
         raise LogprobsError("--seq-length must be >= 2 and --micro-batch-size >= 1")
     tok_path = args.tokenizer or os.path.join(ckpt, layout.TOKENIZER_DIR)
@@ -171,39 +124,31 @@ def compute_logprobs(args: argparse.Namespace, job: LogprobsJob) -> int:
     if os.path.exists(tok_path) and (os.path.isfile(tok_path) or os.path.isfile(os.path.join(tok_path, "tokenizer.json"))):
         encoder = messages_encoder(tok_path, args.template, arch.family)
     seqs = read_sequences(args.data, args.seq_length, encoder)
+    if not seqs:
+        raise LogprobsError(f"{args.data}: no sequences (the file has no records)")
     bad = next(((i, max(s)) for i, s in enumerate(seqs) if max(s) >= arch.vocab_size or min(s) < 0), None)
     if bad is not None:
         raise LogprobsError(f"{args.data}: sequence {bad[0] + 1} has token id {bad[1]} outside the vocabulary "
                             f"[0, {arch.vocab_size})")
+    samples = [Sample(i, np.asarray(s, dtype=np.int64), np.ones(len(s), dtype=np.uint8)) for i, s in enumerate(seqs)]
 
     rt = setup_runtime(job.parallel, seed=0)
     try:
-        built = build_and_load(ckpt, arch, job.model, job.parallel, args.seq_length)
-        rows = pack_rows([len(s) for s in seqs], args.seq_length)
-        dp, dp_rank = rt.dp, parallel_state.get_data_parallel_rank()
-        all_mbs = build_micro_batches(seqs, rows, args.seq_length, args.micro_batch_size, rt.device)
-        mine = all_mbs[dp_rank::dp]
+        session = frozen_from_checkpoint(ckpt, job.model, job.parallel, seq_length=args.seq_length,
+                                         micro_batch_size=args.micro_batch_size)
+        from megatron_align.convert.inference import tp_group_or_none
+
         tp_group = tp_group_or_none()
 
         def per_token(inputs, logits):
-            b, s = inputs.labels.shape
-            lp = token_logprobs(logits.reshape(b * s, -1), inputs.labels.reshape(-1), tp_group=tp_group)
-            return lp.reshape(b, s).float().cpu()
+            lp = token_logprobs(logits.reshape(-1, logits.shape[-1]), inputs.labels.reshape(-1),
+                               tp_group=tp_group).float().cpu()
+            docs = inputs.docs
+            return {sid: lp[a:a + n - 1].tolist()
+                    for sid, a, n in zip(docs.sample_ids, docs.start.tolist(), docs.length.tolist())}
 
-        outs = forward_only(built.chunks, mine, seq_length=args.seq_length, micro_batch_size=args.micro_batch_size,
-                            fn=per_token)
-        local: Dict[int, List[float]] = {}
-        if outs and parallel_state.get_tensor_model_parallel_rank() == 0:
-            for batch_id, lp in outs.items():
-                for r, row in enumerate(rows[batch_id * args.micro_batch_size:(batch_id + 1) * args.micro_batch_size]):
-                    for idx, start, n in row.spans:
-                        local[idx] = lp[r, start:start + n - 1].tolist()
-        gathered = [None] * dist.get_world_size() if dist.get_rank() == 0 else None
-        dist.gather_object(local, gathered, dst=0)
-        if dist.get_rank() == 0:
-            merged: Dict[int, List[float]] = {}
-            for part in gathered:
-                merged.update(part)
+        merged = run_per_document(session, samples, per_token, device=rt.device)
+        if merged is not None:
             missing = [i for i in range(len(seqs)) if i not in merged]
             if missing:
                 raise RuntimeError(f"internal error: no log-probs came back for sequences {missing[:5]}")
@@ -212,8 +157,8 @@ def compute_logprobs(args: argparse.Namespace, job: LogprobsJob) -> int:
                 for i in range(len(seqs)):
                     f.write(json.dumps({"token_logprobs": merged[i], "sum": float(sum(merged[i]))}) + "\n")
             os.replace(tmp, args.out)
-            print(json.dumps({"out": args.out, "sequences": len(seqs), "rows": len(rows),
-                              "tp": job.parallel.tp, "pp": job.parallel.pp, "dp": dp}))
+            print(json.dumps({"out": args.out, "sequences": len(seqs), "tp": job.parallel.tp, "pp": job.parallel.pp,
+                              "dp": rt.dp}))
         dist.barrier()
     finally:
         teardown()

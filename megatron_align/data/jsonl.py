@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Iterator, List, Optional, Tuple
+from typing import Callable, Iterator, List, Optional, Tuple, TypeVar
 
 import numpy as np
 
@@ -15,15 +15,17 @@ from megatron_align.data.samples import (ChatDataset, DataStats, Sample, has_tar
 from megatron_align.data.schema import Conversation, parse_record
 from megatron_align.data.templates import ChatTemplate
 
+T = TypeVar("T")
 
 
-def iter_conversations(path: str, on_bad_line: str = "error",
-                       skipped: Optional[List[int]] = None) -> Iterator[Tuple[int, Conversation]]:
-    """Yield (line number, Conversation) for each record of a JSONL file.
 
-    Blank lines carry no record and are passed over. A bad record raises ``DataError(path:line: reason)``
-    or, with ``on_bad_line="skip"``, is skipped and its line number appended to ``skipped``. A missing
-    file, an empty file and a file with no valid record raise ``DataError``.
+def iter_records(path: str, parse: Callable[[object], T], on_bad_line: str = "error",
+                 skipped: Optional[List[int]] = None) -> Iterator[Tuple[int, T]]:
+    """Yield (line number, parse(decoded JSON)) for each record of a JSONL file.
+
+    Blank lines carry no record and are passed over. A bad record (``parse`` raises ``ValueError(reason)``)
+    raises ``DataError(path:line: reason)`` or, with ``on_bad_line="skip"``, is skipped and its line number
+    appended to ``skipped``. A missing file, an empty file and a file with no valid record raise ``DataError``.
     """
     if on_bad_line not in ON_BAD_LINE_CHOICES:
         raise ValueError(f"on_bad_line must be one of {ON_BAD_LINE_CHOICES}, got {on_bad_line!r}")
@@ -47,18 +49,24 @@ def iter_conversations(path: str, on_bad_line: str = "error",
                     obj = json.loads(text)
                 except json.JSONDecodeError as exc:
                     raise ValueError(f"malformed JSON: {exc.msg} (column {exc.colno})") from None
-                conv = parse_record(obj)
+                record = parse(obj)
             except ValueError as exc:
                 if on_bad_line == "error":
                     raise DataError(path, lineno, str(exc)) from None
                 skipped.append(lineno)
                 continue
             n_good += 1
-            yield lineno, conv
+            yield lineno, record
     if n_records == 0:
         raise DataError(path, None, "file is empty (no JSONL records)")
     if n_good == 0:
         raise DataError(path, None, f"no valid record: all {n_records} records were bad and skipped")
+
+
+def iter_conversations(path: str, on_bad_line: str = "error",
+                       skipped: Optional[List[int]] = None) -> Iterator[Tuple[int, Conversation]]:
+    """Yield (line number, Conversation) for each chat record of a JSONL file (see :func:`iter_records`)."""
+    return iter_records(path, parse_record, on_bad_line, skipped)
 
 
 def iter_tokenized(path: str, template: ChatTemplate, stats: DataStats, seq_length: Optional[int] = None,

@@ -57,13 +57,14 @@ class DataStats:
 
     n_samples: samples kept; n_truncated: kept after cutting to seq_length; n_dropped: over-long samples
     dropped (``overlong="drop"``, or truncated to no loss token at all); n_skipped_bad: malformed records
-    skipped (``on_bad_line="skip"``); token_utilization: real tokens / (bins * seq_length), None before packing.
+    skipped (``on_bad_line="skip"``); n_identical: preference pairs whose responses are identical (skipped); token_utilization: real tokens / (bins * seq_length), None before packing.
     """
 
     n_samples: int = 0
     n_truncated: int = 0
     n_dropped: int = 0
     n_skipped_bad: int = 0
+    n_identical: int = 0  # preference pairs whose two responses tokenize identically (skipped)
     token_utilization: Optional[float] = None
     n_bins: Optional[int] = None
 

@@ -20,6 +20,7 @@ class DocInfo:
     role: torch.Tensor  # int64 [n]
     values: Dict[str, torch.Tensor] = field(default_factory=dict)  # float64 [n] each (NaN where absent)
     unit_ids: List[int] = field(default_factory=list)
+    sample_ids: List[int] = field(default_factory=list)  # per document
     unit_groups: Dict[str, torch.Tensor] = field(default_factory=dict)  # name -> int64 [n_units] group index
 
     @property
@@ -33,7 +34,7 @@ class DocInfo:
     def to(self, device) -> "DocInfo":
         mv = lambda t: t.to(device, non_blocking=True)  # noqa: E731
         return DocInfo(mv(self.start), mv(self.length), mv(self.unit), mv(self.role),
-                       {k: mv(v) for k, v in self.values.items()}, self.unit_ids,
+                       {k: mv(v) for k, v in self.values.items()}, self.unit_ids, self.sample_ids,
                        {k: mv(v) for k, v in self.unit_groups.items()})
 
     @staticmethod
@@ -49,7 +50,8 @@ class DocInfo:
             labels = mb.unit_categories if name == "category" else mb.unit_datasets
             groups[name] = torch.tensor([index.get(x, -1) for x in labels], dtype=torch.long)
         return DocInfo(start, length, torch.tensor(mb.doc_units, dtype=torch.long),
-                       torch.tensor(mb.doc_roles, dtype=torch.long), values, list(mb.unit_ids), groups)
+                       torch.tensor(mb.doc_roles, dtype=torch.long), values, list(mb.unit_ids),
+                       list(mb.sample_ids), groups)
 
 
 @dataclass

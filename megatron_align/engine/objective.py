@@ -138,7 +138,7 @@ def finalize(specs: Dict[str, MetricSpec], values: Dict[str, torch.Tensor], pref
         v = values[name].double()
         rows = list(zip(spec.groups, v)) if spec.groups else [(None, v)]
         for group, x in rows:
-            key = prefix + (name if group is None else (name + group if name.endswith("/") else f"{name}/{group}"))
+            key = prefix + (name if group is None else (name + group if name.endswith(("/", "=")) else f"{name}/{group}"))
             if spec.reduction == "mean":
                 if float(x[1]) > 0:
                     out[key] = float(x[0] / x[1])

@@ -109,3 +109,31 @@ def resolve_arch_for(model_cfg: ModelConfig, resume_from: Optional[str]) -> Arch
     if model_cfg.name is None and model_cfg.hf_config is None and resume_from:
         return layout.read_arch(resume_from)
     return resolve_arch(model_cfg.name, model_cfg.hf_config, model_cfg.family, model_cfg.num_layers)
+
+
+def frozen_from_checkpoint(load: str, model_cfg: ModelConfig, parallel: ParallelConfig, *, seq_length: int,
+                           micro_batch_size: int) -> "ModelSession":
+    """A frozen session of the checkpoint at ``load`` (a run directory's latest, a step or ``release/``) at the
+    current layout; the head (lm or scalar) follows the checkpoint. The runtime must be set up."""
+    import dataclasses
+
+    from megatron_align.checkpoint import layout
+    from megatron_align.models.builder import check_arch_parallel
+
+    ckpt = layout.resolve(load)
+    arch = layout.read_arch(ckpt)
+    head = "reward" if (arch.extra or {}).get("reward_head") else "lm"
+    if model_cfg.head == "value" and head == "reward":
+        head = "value"
+    try:
+        check_arch_parallel(arch, parallel)
+    except ValueError as exc:
+        from megatron_align.config.base import ConfigError
+
+        raise ConfigError(f"parallel: {exc}") from None
+    cfg = dataclasses.replace(model_cfg, name=None, hf_config=None, head=head)
+    session = ModelSession(cfg, parallel, arch, seq_length=seq_length, micro_batch_size=micro_batch_size,
+                           trainable=False)
+    session.load_weights(ckpt)
+    session.checkpoint = ckpt
+    return session

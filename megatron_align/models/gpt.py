@@ -82,3 +82,14 @@ class AlignGPTModel(GPTModel):
         if self.head == "lm" or not self.post_process:
             return super()._postprocess(hidden_states, *args, **kwargs)
         return self.reward_head(hidden_states)
+
+    def sharded_state_dict(self, prefix: str = "", sharded_offsets: tuple = (), metadata=None):
+        if self.head == "lm" or not self.post_process:
+            return super().sharded_state_dict(prefix, sharded_offsets, metadata)
+        # megatron's language module expects an output layer on the last stage; a scalar head has none (its
+        # replicated reward_head.weight is stored by the default rule for plain modules)
+        self.post_process = False
+        try:
+            return super().sharded_state_dict(prefix, sharded_offsets, metadata)
+        finally:
+            self.post_process = True

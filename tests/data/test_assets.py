@@ -10,7 +10,8 @@ from megatron_align.data.config import TINY_ASSETS_DIR, DataConfig
 from megatron_align.data.sampler import GlobalBatchSampler
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-FILES = ["tokenizer.json", "tokenizer_config.json", "chat_train.jsonl", "chat_eval.jsonl"]
+FILES = ["tokenizer.json", "tokenizer_config.json", "chat_train.jsonl", "chat_eval.jsonl", "pairs_train.jsonl",
+         "pairs_eval.jsonl"]
 
 
 def test_bundled_assets_are_what_the_generator_writes(tmp_path):

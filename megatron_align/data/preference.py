@@ -1,0 +1,215 @@
+"""Preference pairs: the record schema, tokenization with the chat template, and the in-memory dataset.
+
+One JSONL line is one pair::
+
+    {"prompt": [messages...] | "text", "chosen": [assistant message(s)] | "text", "rejected": ...,
+     "chosen_score": 7.5, "rejected_score": 3, "dataset": "helpsteer", "category": "math"}
+    {"prompt_ids": [...], "chosen_ids": [...], "rejected_ids": [...]}             # pre-tokenized
+
+Without ``prompt``, ``chosen`` and ``rejected`` may be whole conversations: their longest common prefix of
+messages is the prompt (TRL's implicit-prompt form). A pair is a :class:`~megatron_align.data.samples.Unit` of
+two documents, prompt + chosen (role 0) and prompt + rejected (role 1); ``target_mask`` marks the response tokens
+(the assistant content and its end-of-turn token). Per document ``values["score"]`` holds the absolute score
+(NaN when the line has none). Pairs whose two responses tokenize identically are counted and skipped.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from typing import Any, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from megatron_align.data.jsonl import iter_records
+from megatron_align.data.samples import ChatDataset, DataStats, Sample, Unit
+from megatron_align.data.schema import ROLES
+from megatron_align.data.templates import ChatTemplate
+
+Messages = Tuple[Tuple[str, str], ...]
+
+CHOSEN, REJECTED = 0, 1
+
+
+@dataclass(frozen=True)
+class PairRecord:
+    prompt: Optional[Messages]  # None for pre-tokenized records
+    chosen: Optional[Messages]
+    rejected: Optional[Messages]
+    prompt_ids: Optional[Tuple[int, ...]] = None
+    chosen_ids: Optional[Tuple[int, ...]] = None
+    rejected_ids: Optional[Tuple[int, ...]] = None
+    chosen_score: Optional[float] = None
+    rejected_score: Optional[float] = None
+    dataset: Optional[str] = None
+    category: Optional[str] = None
+
+
+def _messages(value: Any, field: str, default_role: str) -> Messages:
+    if isinstance(value, str):
+        return ((default_role, value),)
+    if not isinstance(value, list) or not value:
+        raise ValueError(f"'{field}' must be a string or a non-empty list of messages")
+    out = []
+    for k, m in enumerate(value):
+        if not isinstance(m, dict):
+            raise ValueError(f"{field}[{k}] must be an object, got {type(m).__name__}")
+        role, content = m.get("role"), m.get("content")
+        if role not in ROLES:
+            raise ValueError(f"{field}[{k}]: unknown role {role!r} (expected {', '.join(ROLES)})")
+        if not isinstance(content, str):
+            raise ValueError(f"{field}[{k}]: content must be a string, got {type(content).__name__}")
+        if role == "system" and (k != 0 or field != "prompt"):
+            raise ValueError(f"{field}[{k}]: a system message may only be the first message of the prompt")
+        out.append((role, content))
+    return tuple(out)
+
+
+def _ids(value: Any, field: str) -> Tuple[int, ...]:
+    if not isinstance(value, list) or not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0
+                                              for i in value):
+        raise ValueError(f"'{field}' must be a list of non-negative integer token ids")
+    return tuple(value)
+
+
+def _score(obj: dict, field: str) -> Optional[float]:
+    value = obj.get(field)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(float(value)):
+        raise ValueError(f"'{field}' must be a finite number, got {value!r}")
+    return float(value)
+
+
+def _optional_str(obj: dict, field: str) -> Optional[str]:
+    value = obj.get(field)
+    if value is not None and not isinstance(value, str):
+        raise ValueError(f"'{field}' must be a string, got {type(value).__name__}")
+    return value
+
+
+def parse_pair(obj: object) -> PairRecord:
+    """Validate a decoded JSON value; raise ``ValueError(reason)`` (the caller adds file:line)."""
+    if not isinstance(obj, dict):
+        raise ValueError(f"record must be a JSON object, got {type(obj).__name__}")
+    common = dict(chosen_score=_score(obj, "chosen_score"), rejected_score=_score(obj, "rejected_score"),
+                  dataset=_optional_str(obj, "dataset"), category=_optional_str(obj, "category"))
+    if "chosen_ids" in obj or "rejected_ids" in obj:
+        for f in ("prompt_ids", "chosen_ids", "rejected_ids"):
+            if f not in obj:
+                raise ValueError(f"missing '{f}' (a pre-tokenized pair needs prompt_ids, chosen_ids, rejected_ids)")
+        c, r = _ids(obj["chosen_ids"], "chosen_ids"), _ids(obj["rejected_ids"], "rejected_ids")
+        if not c or not r:
+            raise ValueError("'chosen_ids' and 'rejected_ids' must not be empty")
+        return PairRecord(None, None, None, _ids(obj["prompt_ids"], "prompt_ids"), c, r, **common)
+    for f in ("chosen", "rejected"):
+        if f not in obj:
+            raise ValueError(f"missing '{f}' (a pair needs prompt, chosen and rejected)")
+    if "prompt" in obj:
+        prompt = _messages(obj["prompt"], "prompt", "user")
+        chosen = _messages(obj["chosen"], "chosen", "assistant")
+        rejected = _messages(obj["rejected"], "rejected", "assistant")
+    else:  # implicit prompt: the longest common prefix of two whole conversations
+        if not isinstance(obj["chosen"], list) or not isinstance(obj["rejected"], list):
+            raise ValueError("missing 'prompt' (without it, chosen and rejected must be whole conversations)")
+        full_c = _messages(obj["chosen"], "chosen", "assistant")
+        full_r = _messages(obj["rejected"], "rejected", "assistant")
+        n = 0
+        while n < min(len(full_c), len(full_r)) and full_c[n] == full_r[n]:
+            n += 1
+        while n > 0 and full_c[n - 1][0] == "assistant":  # the responses start after the last user turn
+            n -= 1
+        prompt, chosen, rejected = full_c[:n], full_c[n:], full_r[n:]
+        if not prompt:
+            raise ValueError("missing 'prompt' and chosen/rejected share no prompt messages")
+    if prompt[-1][0] == "assistant":
+        raise ValueError("the prompt must end with a user (or system) message, not an assistant one")
+    for name, resp in (("chosen", chosen), ("rejected", rejected)):
+        if not resp or any(role != "assistant" for role, _ in resp):
+            raise ValueError(f"'{name}' must hold only assistant message(s)")
+    return PairRecord(prompt, chosen, rejected, **common)
+
+
+def _encode_side(template: ChatTemplate, rec: PairRecord, side: str) -> Tuple[np.ndarray, np.ndarray]:
+    """prompt + response -> (ids, target mask on the response tokens only)."""
+    if rec.prompt is None:
+        p, resp = list(rec.prompt_ids), list(getattr(rec, f"{side}_ids"))
+        ids = np.asarray(p + resp, dtype=np.int64)
+        mask = np.concatenate([np.zeros(len(p), np.uint8), np.ones(len(resp), np.uint8)])
+        return ids, mask
+    full = template.encode(rec.prompt + getattr(rec, side))
+    head = template.encode(rec.prompt, add_generation_prompt=True).ids
+    if full.ids[:len(head)] != head:
+        raise ValueError(f"template {template.name!r} does not render the prompt as a prefix of prompt + {side}")
+    mask = np.asarray(full.target_mask, dtype=np.uint8)
+    mask[:len(head)] = 0
+    return np.asarray(full.ids, dtype=np.int64), mask
+
+
+def fit_pair(c_ids, c_mask, r_ids, r_mask, prompt_len: int, seq_length: Optional[int], overlong: str):
+    """Both documents of a pair share one row: their total must fit ``seq_length``. ``truncate`` shortens the
+    responses (the longer first; never the prompt); ``drop`` (or a prompt too long to leave room for both
+    responses) returns None. Returns (c_ids, c_mask, r_ids, r_mask, truncated)."""
+    if seq_length is None or len(c_ids) + len(r_ids) <= seq_length:
+        return c_ids, c_mask, r_ids, r_mask, False
+    budget = seq_length - 2 * prompt_len
+    if overlong == "drop" or budget < 2:
+        return None
+    lc, lr = len(c_ids) - prompt_len, len(r_ids) - prompt_len
+    keep_c = min(lc, max(budget // 2, budget - lr))
+    keep_r = min(lr, budget - keep_c)
+    c_end, r_end = prompt_len + keep_c, prompt_len + keep_r
+    return c_ids[:c_end], c_mask[:c_end], r_ids[:r_end], r_mask[:r_end], True
+
+
+class PreferenceDataset(ChatDataset):
+    """A preference JSONL file, tokenized in memory: ``ds[i]`` is a two-document :class:`Unit`."""
+
+    def __init__(self, path: str, template: ChatTemplate, seq_length: Optional[int] = None,
+                 overlong: str = "truncate", on_bad_line: str = "error", vocab_size: Optional[int] = None) -> None:
+        self.path = path
+        self.stats = DataStats()
+        default_dataset = os.path.splitext(os.path.basename(path))[0]
+        self._units: List[Unit] = []
+        skipped: List[int] = []
+        for lineno, rec in iter_records(path, parse_pair, on_bad_line, skipped):
+            c_ids, c_mask = _encode_side(template, rec, "chosen")
+            r_ids, r_mask = _encode_side(template, rec, "rejected")
+            if vocab_size is not None:
+                bad = max(int(c_ids.max()), int(r_ids.max()))
+                if bad >= vocab_size:
+                    from megatron_align.data.errors import DataError
+
+                    raise DataError(path, lineno, f"token id {bad} is outside the vocabulary [0, {vocab_size})")
+            if np.array_equal(c_ids, r_ids):
+                self.stats.n_identical += 1
+                continue
+            prompt_len = int(np.argmax(c_mask)) if c_mask.any() else len(c_ids)
+            fitted = fit_pair(c_ids, c_mask, r_ids, r_mask, prompt_len, seq_length, overlong)
+            if fitted is None:
+                self.stats.n_dropped += 1
+                continue
+            c_ids, c_mask, r_ids, r_mask, truncated = fitted
+            self.stats.n_truncated += int(truncated)
+            k = len(self._units)
+            ds = rec.dataset or default_dataset
+            docs = [Sample(2 * k, c_ids, c_mask, rec.category, CHOSEN, {"score": _nan(rec.chosen_score)}),
+                    Sample(2 * k + 1, r_ids, r_mask, rec.category, REJECTED, {"score": _nan(rec.rejected_score)})]
+            self._units.append(Unit(k, docs, rec.category, ds))
+        self.stats.n_samples = len(self._units)
+        self.stats.n_skipped_bad = len(skipped)
+        self.lengths = np.asarray([len(u) for u in self._units], dtype=np.int64)
+
+    def __getitem__(self, idx: int) -> Unit:
+        return self._units[idx]
+
+    def get_units(self, ids: Sequence[int]) -> List[Unit]:
+        return [self._units[int(i)] for i in ids]
+
+    def units(self) -> List[Unit]:
+        return self._units
+
+
+def _nan(x: Optional[float]) -> float:
+    return float("nan") if x is None else float(x)
