@@ -59,6 +59,7 @@ class StepCounts:
     tokens: float = 0.0  # loss tokens
     sequences: float = 0.0  # documents
     units: float = 0.0  # data units: pairs of a preference stage, groups of GRPO (SFT: == sequences)
+    extra: Dict[str, float] = field(default_factory=dict)  # stage counts (Stage.extra_counts), summed over DP
 
     def of(self, unit: Unit) -> float:
         return {Unit.TOKEN: self.tokens, Unit.SEQUENCE: self.sequences, Unit.PAIR: self.units,

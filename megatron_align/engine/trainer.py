@@ -69,6 +69,15 @@ class Stage(abc.ABC):
         """The loss (and metrics) on ``data.eval``; None: no evaluation."""
         return None
 
+    def extra_counts(self, micro_batches) -> Dict[str, float]:
+        """Stage-specific counts of this rank's share of a step (e.g. chosen-response tokens), summed over DP
+        into :attr:`StepCounts.extra` before the first forward (for secondary loss terms of another unit)."""
+        return {}
+
+    def prepare_step(self, trainer: "Trainer", micro_batches, inputs: List[ModelInputs]) -> None:
+        """Before the policy's pass over a step's (or eval batch's) micro-batches: e.g. a frozen reference
+        model's forward on the same rows, stored into each micro-batch's ``docs.values``."""
+
     def record(self, metrics: Dict[str, float]) -> Dict[str, float]:
         """Derived metrics from the reduced ones (e.g. a std from a mean and a mean square)."""
         return metrics
@@ -195,11 +204,13 @@ class Trainer:
         """Global [loss tokens, documents, units] of one step (fp64, one all-reduce over DP)."""
         from megatron.core import parallel_state
 
+        extra = self.stage.extra_counts(mbs)
         local = torch.tensor([sum(m.num_loss_tokens for m in mbs), sum(len(m.sample_ids) for m in mbs),
-                              sum(len(m.unit_ids) for m in mbs)], dtype=torch.float64, device=self.rt.device)
+                              sum(len(m.unit_ids) for m in mbs), *extra.values()], dtype=torch.float64,
+                             device=self.rt.device)
         _all_reduce(local, group=parallel_state.get_data_parallel_group())
-        t, s, u = local.tolist()
-        return StepCounts(tokens=t, sequences=s, units=u)
+        t, s, u, *rest = local.tolist()
+        return StepCounts(tokens=t, sequences=s, units=u, extra=dict(zip(extra, rest)))
 
     # ---------------------------------------------------------------- reductions
     def reduce_reports(self, objective: Objective, totals: Dict[str, torch.Tensor],
@@ -247,6 +258,7 @@ class Trainer:
         t0 = time.perf_counter()
         mbs, inputs = self.micro_batches(self.data.train, global_ids)
         self.objective.begin_step(self.step_counts(mbs))
+        self.stage.prepare_step(self, mbs, inputs)
         self.optimizer.zero_grad()
         totals = self.policy.run(inputs, self.objective)
         _, grad_norm, _ = self.optimizer.step()
@@ -281,6 +293,7 @@ class Trainer:
         for start in range(0, n, step):
             mbs, inputs = self.micro_batches(self.data.eval, list(range(start, min(n, start + step))))
             self.eval_obj.begin_step(self.step_counts(mbs))
+            self.stage.prepare_step(self, mbs, inputs)
             totals = self.policy.run(inputs, self.eval_obj, forward_only=True)
             acc = combine_reports(self.eval_obj, [acc, totals]) if acc else totals
         self.policy.train()

@@ -31,6 +31,10 @@ class ScalarHead(torch.nn.Module):
         if self.sequence_parallel:
             from megatron.core.tensor_parallel.mappings import gather_from_sequence_parallel_region
 
-            hidden_states = gather_from_sequence_parallel_region(hidden_states, group=self.tp_group)
+            # every TP rank computes the same scalars from the whole sequence, so the gradient of the gathered
+            # input is already complete on each rank: the backward keeps this rank's slice (no reduce-scatter,
+            # which would count it TP times)
+            hidden_states = gather_from_sequence_parallel_region(hidden_states, tensor_parallel_output_grad=False,
+                                                                 group=self.tp_group)
         values = hidden_states.float() @ self.weight.float().t()
         return values.squeeze(-1).transpose(0, 1).contiguous()

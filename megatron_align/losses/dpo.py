@@ -1,0 +1,218 @@
+"""The DPO family on packed preference pairs (unit PAIR; KTO: unit SEQUENCE), with TRL 1.16's definitions.
+
+Notation: ``lc, lr`` the policy's log-probs of the chosen / rejected response, **summed** over response tokens;
+``RC, RR`` the same under the reference; ``nc, nr`` response tokens; ``Δ = (lc − RC) − (lr − RR)``; σ the
+sigmoid; β ``dpo.beta``; ε ``dpo.label_smoothing``.
+
+=========  ============================================================================================
+dpo        −log σ(βΔ)                         (TRL ``sigmoid``; ε > 0: conservative DPO, see below)
+cdpo       −(1−ε) log σ(βΔ) − ε log σ(−βΔ)    (``dpo`` with ``dpo.smoothing=conservative``, TRL CPO ``sigmoid``)
+robust     [−(1−ε) log σ(βΔ) + ε log σ(−βΔ)] / (1 − 2ε)   (``dpo`` with ``dpo.smoothing=robust``)
+ipo        ((lc−RC)/nc − (lr−RR)/nr − 1/(2β))²              (length-normalised, as TRL)
+rpo        dpo + α · NLL, NLL = −Σ log p(chosen response tokens) / (chosen response tokens of the batch)
+simpo      −(1−ε) log σ(β(āc−ār) − γ) − ε log σ(−(β(āc−ār) − γ)),  ā = l/n   (no reference)
+orpo       NLL_full − β · log σ(log_odds), log_odds = (āc−ār) − (log(1−e^āc) − log(1−e^ār)), NLL_full the
+           token mean over prompt + response of the chosen sequences of the batch (no reference)
+kto        per example: desirable λ_D (1 − σ(β(r − z0))), undesirable λ_U (1 − σ(β(z0 − r))), r = l − R,
+           z0 = max(0, mean over the batch of the mismatched log-ratios) (detached)
+=========  ============================================================================================
+
+Every loss is the mean over the pairs (examples) of the global batch; the token-mean terms (RPO's and ORPO's NLL)
+are normalised by the *global* token count (see engine/objective.py for how a second unit is added).
+Metrics as TRL: rewards/chosen = mean β(lc − RC), rewards/rejected, rewards/accuracies = mean 1[r_c > r_r],
+rewards/margins, logps/chosen, logps/rejected (mean summed log-probs); reference-free losses report β·ā.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Dict, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from megatron_align.engine.inputs import ModelInputs
+from megatron_align.engine.objective import MetricSpec, Objective, ObjectiveOutput, Unit, empty_output, neutral
+
+LOSS_TYPES = ("dpo", "ipo", "simpo", "orpo", "kto", "rpo")
+REFERENCE_FREE = ("simpo", "orpo")
+
+
+# ------------------------------------------------------------------------------------------------ pair losses
+def sigmoid_loss(z: torch.Tensor, eps: float, smoothing: str) -> torch.Tensor:
+    """−log σ(z) with label smoothing ε: conservative (cDPO) or robust (rDPO)."""
+    if eps == 0:
+        return -F.logsigmoid(z)
+    if smoothing == "robust":
+        return (-(1 - eps) * F.logsigmoid(z) + eps * F.logsigmoid(-z)) / (1 - 2 * eps)
+    return -(1 - eps) * F.logsigmoid(z) - eps * F.logsigmoid(-z)
+
+
+PairLoss = Callable[..., torch.Tensor]
+PAIR_LOSSES: Dict[str, PairLoss] = {}
+
+
+def register(name: str):
+    def deco(fn):
+        PAIR_LOSSES[name] = fn
+        return fn
+
+    return deco
+
+
+@register("dpo")
+def dpo_loss(c, r, cfg):
+    delta = (c.logp - c.ref) - (r.logp - r.ref)
+    return sigmoid_loss(cfg.beta * delta, cfg.label_smoothing, cfg.smoothing)
+
+
+@register("rpo")
+def rpo_loss(c, r, cfg):  # the NLL term is added per token by the objective
+    return dpo_loss(c, r, cfg)
+
+
+@register("ipo")
+def ipo_loss(c, r, cfg):
+    return ((c.logp - c.ref) / c.n - (r.logp - r.ref) / r.n - 1 / (2 * cfg.beta)) ** 2
+
+
+@register("simpo")
+def simpo_loss(c, r, cfg):
+    z = cfg.beta * (c.logp / c.n - r.logp / r.n) - cfg.simpo_gamma
+    return sigmoid_loss(z, cfg.label_smoothing, "conservative")
+
+
+def orpo_log_odds(c, r) -> torch.Tensor:
+    ac, ar = c.logp / c.n, r.logp / r.n
+    return (ac - ar) - (torch.log1p(-torch.exp(ac)) - torch.log1p(-torch.exp(ar)))
+
+
+@register("orpo")
+def orpo_loss(c, r, cfg):  # the NLL term over prompt + response is added per token by the objective
+    return -cfg.beta * F.logsigmoid(orpo_log_odds(c, r))
+
+
+class Side:
+    """One side (chosen or rejected) of every pair of a micro-batch: policy sum, reference sum, token count."""
+
+    def __init__(self, logp: torch.Tensor, ref: Optional[torch.Tensor], n: torch.Tensor) -> None:
+        self.logp, self.ref, self.n = logp, ref, n.clamp(min=1)
+
+
+# ------------------------------------------------------------------------------------------------ log-probs
+def doc_logps(inputs: ModelInputs, logits: torch.Tensor, *, all_tokens: bool = False):
+    """Per document of the micro-batch: (sum of token log-probs [n], tokens [n]) over its response tokens
+    (``loss_mask``) or, with ``all_tokens``, over every next-token position of the document (prompt too).
+    Vocab-parallel, packed: ``megatron_align.ops.packed_sequence_logprobs`` over the micro-batch's segments."""
+    from megatron_align.convert.inference import tp_group_or_none
+    from megatron_align.ops import packed_sequence_logprobs
+
+    docs = inputs.docs
+    labels = inputs.labels.reshape(-1)
+    mask = (labels != -100).float() if all_tokens else inputs.loss_mask.reshape(-1).float()
+    cu = inputs.cu_seqlens.to(torch.int64)
+    sums = packed_sequence_logprobs(logits.reshape(-1, logits.shape[-1]), labels, cu, loss_mask=mask,
+                                    tp_group=tp_group_or_none())
+    seg = torch.searchsorted(cu[:-1], docs.start)  # the segment of each document (documents start segments)
+    counts = torch.zeros(cu.numel() - 1, dtype=torch.float64, device=mask.device)
+    counts.index_add_(0, torch.bucketize(torch.arange(labels.numel(), device=cu.device), cu[1:], right=True),
+                      mask.double())
+    return sums[seg].double(), counts[seg]
+
+
+def split_pairs(docs, values: torch.Tensor):
+    """Per-document values -> (chosen [n_units], rejected [n_units]) by unit id and role."""
+    n = docs.num_units
+    out = []
+    for role in (0, 1):
+        sel = docs.role == role
+        out.append(torch.zeros(n, dtype=values.dtype, device=values.device).index_add(0, docs.unit[sel],
+                                                                                       values[sel]))
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ objective
+class PreferenceObjective(Objective):
+    """Pairwise losses of the registry (unit PAIR), plus the per-token NLL of RPO / ORPO."""
+
+    unit = Unit.PAIR
+
+    def __init__(self, cfg, categories: Sequence[str] = ()) -> None:
+        self.cfg = cfg
+        self.pair_loss = PAIR_LOSSES[cfg.loss_type]
+        self.categories = tuple(categories)
+        self.metric_specs = {k: MetricSpec("mean") for k in (
+            "rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins", "logps/chosen",
+            "logps/rejected", "pair_loss")}
+        if cfg.loss_type in ("rpo", "orpo"):
+            self.metric_specs["nll_loss"] = MetricSpec("mean")
+        if self.categories:
+            self.metric_specs["rewards/accuracies/"] = MetricSpec("mean", self.categories)
+
+    @property
+    def needs_reference(self) -> bool:
+        return self.cfg.loss_type not in REFERENCE_FREE
+
+    def __call__(self, inputs: ModelInputs, output: torch.Tensor) -> ObjectiveOutput:
+        docs = inputs.docs
+        dev = output.device
+        if docs is None or docs.num_units == 0:
+            return ObjectiveOutput(empty_output(output), torch.zeros((), device=dev),
+                                   {k: neutral(s, dev) for k, s in self.metric_specs.items()})
+        logp, n = doc_logps(inputs, output)
+        ref = docs.values.get("ref_logp") if self.needs_reference else None
+        (lc, lr), (nc, nr) = split_pairs(docs, logp), split_pairs(docs, n)
+        if ref is not None:
+            rc, rr = split_pairs(docs, ref.double())
+        c, r = Side(lc, rc if ref is not None else None, nc), Side(lr, rr if ref is not None else None, nr)
+        per_pair = self.pair_loss(c, r, self.cfg)
+        loss_sum = per_pair.sum()
+        n_units = float(docs.num_units)
+        metrics = {"pair_loss": _ms(per_pair.detach().sum(), n_units)}
+        if self.cfg.loss_type in ("rpo", "orpo"):
+            nll_sum, nll_tokens_key = self._nll(inputs, output, c)
+            weight = self.cfg.rpo_alpha if self.cfg.loss_type == "rpo" else 1.0
+            n_tokens = max(self.counts.extra[nll_tokens_key], 1.0)
+            loss_sum = loss_sum + weight * nll_sum * self.counts.units / n_tokens
+            local_tokens = self._local_tokens
+            metrics["nll_loss"] = _ms(nll_sum.detach(), local_tokens)
+        with torch.no_grad():
+            beta = self.cfg.beta
+            if ref is not None:
+                wc, wr = beta * (c.logp - c.ref), beta * (r.logp - r.ref)
+            else:
+                wc, wr = beta * c.logp / c.n, beta * r.logp / r.n
+            correct = (wc > wr).double()
+            metrics.update({
+                "rewards/chosen": _ms(wc.sum(), n_units), "rewards/rejected": _ms(wr.sum(), n_units),
+                "rewards/accuracies": _ms(correct.sum(), n_units), "rewards/margins": _ms((wc - wr).sum(), n_units),
+                "logps/chosen": _ms(c.logp.sum(), n_units), "logps/rejected": _ms(r.logp.sum(), n_units)})
+            if self.categories:
+                metrics["rewards/accuracies/"] = _grouped(docs.unit_groups["category"], correct, len(self.categories))
+        return ObjectiveOutput(loss_sum, torch.tensor(docs.num_units, device=dev), metrics)
+
+    def _nll(self, inputs, output, c: Side):
+        """−Σ log p over the chosen responses (RPO) or the whole chosen sequences (ORPO) of this micro-batch."""
+        docs = inputs.docs
+        if self.cfg.loss_type == "rpo":
+            sums, counts = c.logp, c.n
+            key = "chosen_response_tokens"
+        else:
+            full, n_full = doc_logps(inputs, output, all_tokens=True)
+            sums, counts = split_pairs(docs, full)[0], split_pairs(docs, n_full)[0]
+            key = "chosen_tokens"
+        self._local_tokens = float(counts.sum())
+        return -sums.sum(), key
+
+
+def _ms(total: torch.Tensor, count) -> torch.Tensor:
+    count = torch.as_tensor(count, dtype=torch.float64, device=total.device)
+    return torch.stack([total.double().reshape(()), count.reshape(())])
+
+
+def _grouped(group_of_unit: torch.Tensor, values: torch.Tensor, n_groups: int) -> torch.Tensor:
+    out = torch.zeros(n_groups, 2, dtype=torch.float64, device=values.device)
+    valid = group_of_unit >= 0
+    idx = torch.where(valid, group_of_unit, torch.zeros_like(group_of_unit))
+    out[:, 0].index_add_(0, idx, values * valid)
+    out[:, 1].index_add_(0, idx, valid.double())
+    return out
