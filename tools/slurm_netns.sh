@@ -96,7 +96,7 @@ write_files() {
 ClusterName=netns$(cat "$STATE/id")
 SlurmctldHost=ctl($p.10)
 # Own munged (socket below); a requeued job becomes eligible cred_expire+1 s later.
-AuthInfo=socket=$STATE/munge/munge.sock,cred_expire=10
+AuthInfo=socket=$STATE/munge/munge.sock,cred_expire=5
 $(slurm_conf_common)
 StateSaveLocation=$STATE/ctld
 SlurmdSpoolDir=$STATE/%n/spool
@@ -181,30 +181,23 @@ watchdog() {  # owner pid: tear down once it is gone
     echo $! >"$STATE/pids/watchdog"
 }
 
-ns_inodes() {  # inode numbers of the cluster's network namespaces
-    local n f
+ns_pids() {  # pids of every process in the cluster's network namespaces
+    local n
     for n in ctl "${NODES[@]}"; do
-        f=/run/netns/$(ns_name "$n")
-        [[ -e $f ]] && stat -L -c %i "$f"
+        [[ -e /run/netns/$(ns_name "$n") ]] && ip netns pids "$(ns_name "$n")" 2>/dev/null
     done
     return 0
 }
 
 kill_namespace_processes() {  # every process whose network namespace is one of ours, by pid
-    local inodes pids p ino sig
-    inodes=" $(ns_inodes | tr '\n' ' ') "
-    [[ $inodes == "  " ]] && return 0
+    local pids p sig alive
     for sig in TERM KILL; do
-        pids=()
-        for p in /proc/[0-9]*; do
-            ino=$(stat -L -c %i "$p/ns/net" 2>/dev/null) || continue
-            [[ $inodes == *" $ino "* ]] && pids+=("${p#/proc/}")
-        done
+        mapfile -t pids < <(ns_pids)
         (( ${#pids[@]} )) || return 0
         [[ $sig == TERM ]] && log "stopping ${#pids[@]} process(es) in the cluster's namespaces"
         kill "-$sig" "${pids[@]}" 2>/dev/null || true
         for _ in $(seq 10); do   # nothing in there has state worth a graceful shutdown: 1 s, then KILL
-            local alive=0
+            alive=0
             for p in "${pids[@]}"; do kill -0 "$p" 2>/dev/null && alive=1 && break; done
             (( alive )) || break
             sleep 0.1
