@@ -241,7 +241,8 @@ start() {
     mountpoint -q /run/netns 2>/dev/null || touch "$STATE/made_run_netns"
     p=$(claim_subnet)                 # the blackhole route, before any address exists
     echo "$p" >"$STATE/subnet"
-    trap 'log "start failed: tearing down"; stop' ERR
+    # Any failure from here on (a command under set -e, or die) tears down what exists so far.
+    trap 'rc=$?; if (( rc != 0 )); then log "start failed: tearing down"; stop; fi; exit $rc' EXIT
     write_files "$p"
     dd if=/dev/urandom of="$STATE/munge/munge.key" bs=1 count=1024 status=none
     chmod 0700 "$STATE/munge"; chmod 0400 "$STATE/munge/munge.key"
@@ -249,7 +250,7 @@ start() {
     start_daemons
     [[ -n ${OWNER:-} ]] && watchdog "$OWNER"
     wait_idle
-    trap - ERR
+    trap - EXIT
     log "two nodes idle on $p.0/24 (state $STATE)"
     echo "$p.0/24"
 }
