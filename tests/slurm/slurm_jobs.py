@@ -163,3 +163,39 @@ def assert_saved_requeued_resumed(info: Dict[str, str], log: str, max_steps: int
     # The requeued run opened the same log (append) and announced the resume before starting srun.
     assert "restart 1" in text and "(resuming from step_" in text
     return stop_step
+
+
+def assert_dead_rank_fails_fast(cluster: Cluster, tmp: str, name: str, *, script_args: Sequence[str],
+                                sbatch_args: Sequence[str], script: str, max_seconds: float) -> str:
+    """The stand-in trainer whose rank 1 exits 3 at step 3 while rank 0 would wait in a collective for its
+    2-minute timeout: the job must end FAILED, not requeued, within ``max_seconds`` of submission (srun's
+    --kill-on-bad-exit). Returns the job log."""
+    t0 = time.monotonic()
+    job, _, log = cluster.submit(tmp, name, [*script_args, fake_config(tmp), "train.max_steps=200",
+                                             "fake.step_seconds=0.2", "fake.fail_rank=1", "fake.fail_step=3"],
+                                 cmd=f"{sys.executable} {FAKE_SFT}", script=script, sbatch_args=sbatch_args)
+    info = cluster.wait(job, log, timeout=150)
+    elapsed = time.monotonic() - t0
+    text = read(log)
+    assert info.get("JobState") == "FAILED" and info.get("ExitCode") != "0:0", f"{info}\n{text[-4000:]}"
+    assert "rank 1 dies at step 3" in text, text[-4000:]
+    assert int(info.get("Restarts", "0")) == 0, "a failed job must not be requeued"
+    assert elapsed < max_seconds, f"took {elapsed:.0f}s: the surviving rank was not killed by --kill-on-bad-exit"
+    return text
+
+
+# Exit codes of tools/slurm_local.sh and tools/slurm_netns.sh that mean "this machine cannot", not "broken".
+SKIP_CODES = {3: "needs root", 75: "slurm-wlm/munge could not be installed (package registry unreachable)",
+              76: "this machine does not allow network namespaces"}
+
+
+def run_cluster_tool(argv: Sequence[str], timeout: float = 900) -> str:
+    """Run a cluster script; skip the tests (with the reason) on the exit codes that mean the machine cannot
+    host the cluster, fail them on any other error. Returns stdout."""
+    r = subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout)
+    out = (r.stdout + r.stderr)[-4000:]
+    name = os.path.basename(argv[0] if argv[0] != "bash" else argv[1])
+    if r.returncode in SKIP_CODES:
+        pytest.skip(f"{name}: {SKIP_CODES[r.returncode]}:\n{out}")
+    assert r.returncode == 0, f"{' '.join(argv)} failed (exit {r.returncode}):\n{out}"
+    return r.stdout

@@ -24,8 +24,9 @@ import time
 import uuid
 
 import pytest
-from slurm_jobs import (FAKE_SFT, REPO, SFT_SBATCH, TINY_CONFIG, Cluster, assert_completed,
-                        assert_saved_requeued_resumed, fake_config, latest_checkpoint, read, train_metrics)
+from slurm_jobs import (FAKE_SFT, REPO, SFT_SBATCH, TINY_CONFIG, Cluster, assert_completed, assert_dead_rank_fails_fast,
+                        assert_saved_requeued_resumed, fake_config, latest_checkpoint, read, run_cluster_tool,
+                        train_metrics)
 
 pytestmark = [pytest.mark.slow]
 
@@ -59,13 +60,7 @@ def cluster():
     if shutil.which("slurmctld") is None and shutil.which("apt-get") is None:
         pytest.skip("Slurm is not installed and apt-get is not available to install it")
     already = _daemons_running()
-    r = subprocess.run(["bash", SLURM_LOCAL, "start"], capture_output=True, text=True, timeout=900)
-    out = (r.stdout + r.stderr)[-4000:]
-    if r.returncode == 75:
-        pytest.skip(f"slurm-wlm/munge could not be installed (package registry unreachable):\n{out}")
-    if r.returncode == 3:
-        pytest.skip(f"tools/slurm_local.sh needs root:\n{out}")
-    assert r.returncode == 0, f"tools/slurm_local.sh start failed (exit {r.returncode}):\n{out}"
+    run_cluster_tool(["bash", SLURM_LOCAL, "start"])
     cluster = Cluster(jobcomp_log=JOBCOMP_LOG)
     yield cluster
     cluster.cancel_all()
@@ -133,18 +128,8 @@ def test_usr1_saves_requeues_and_resumes_exactly(cluster, reference_run, tmp_pat
 
 
 def test_dead_rank_fails_the_job_quickly(cluster, tmp_path):
-    # The stand-in trainer: rank 1 exits 3 at step 3 while rank 0 would wait in a collective for 2 minutes.
-    t0 = time.monotonic()
-    job, out_dir, log = _submit(cluster, str(tmp_path), "sft-dead-rank", fake_config(str(tmp_path)),
-                                ["train.max_steps=200", "fake.step_seconds=0.2", "fake.fail_rank=1",
-                                 "fake.fail_step=3"], cmd=f"{sys.executable} {FAKE_SFT}")
-    info = cluster.wait(job, log, timeout=150)
-    elapsed = time.monotonic() - t0
-    text = read(log)
-    assert info.get("JobState") == "FAILED" and info.get("ExitCode") != "0:0", f"{info}\n{text[-4000:]}"
-    assert "rank 1 dies at step 3" in text, text[-4000:]
-    assert int(info.get("Restarts", "0")) == 0, "a failed job must not be requeued"
-    assert elapsed < 90, f"took {elapsed:.0f}s: the surviving rank was not killed by --kill-on-bad-exit"
+    assert_dead_rank_fails_fast(cluster, str(tmp_path), f"sft-dead-rank-{TAG}", script_args=[], script=SFT_SBATCH,
+                                sbatch_args=["--nodes=1", "--ntasks=2", "--ntasks-per-node=2"], max_seconds=90)
 
 
 def test_time_limit_signal_requeues_and_resumes(cluster, tmp_path):

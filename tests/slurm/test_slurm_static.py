@@ -16,7 +16,7 @@ SBATCH_SCRIPT = os.path.join(SLURM_DIR, "sft.sbatch")
 TRAIN_SBATCH = os.path.join(SLURM_DIR, "train.sbatch")
 SLURM_LOCAL = os.path.join(REPO, "tools", "slurm_local.sh")
 SHELL_FILES = [SBATCH_SCRIPT, TRAIN_SBATCH, os.path.join(SLURM_DIR, "submit.sh"), os.path.join(SLURM_DIR, "task_env.sh"),
-               SLURM_LOCAL, os.path.join(REPO, "tools", "slurm_netns.sh"), os.path.join(REPO, "tools", "slurm_common.sh")]
+               SLURM_LOCAL, *(os.path.join(REPO, "tools", f"slurm_{n}.sh") for n in ("netns", "common"))]
 CONFIGS = ["llama3_70b.yaml", "qwen2_72b.yaml"]
 
 
