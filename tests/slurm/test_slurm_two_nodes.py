@@ -44,6 +44,7 @@ STAGES = [
 ]
 # Two ranks: tensor parallel across the two nodes, or data parallel across them.
 LAYOUTS = {"tp2": ["parallel.tp=2"], "dp2": ["parallel.tp=1"]}
+SFT_LAYOUT_LINE = {"tp2": "dp=1 tp=2 pp=1", "dp2": "dp=2 tp=1 pp=1"}  # what the sft command logs
 ONE_NODE = ["--nodes=1", "--ntasks=2", "--ntasks-per-node=2"]
 TWO_NODES = ["--nodes=2", "--ntasks=2", "--ntasks-per-node=1"]
 
@@ -93,7 +94,9 @@ def test_root_namespace_is_fenced_off(cluster):
     assert routes.split()[:2] == ["blackhole", cluster.subnet], routes
     addrs = subprocess.run(["ip", "-o", "-4", "addr"], capture_output=True, text=True).stdout
     assert f" {cluster.prefix24()}." not in addrs, addrs
-    # Inside: no default route anywhere.
+    # Inside: no default route anywhere (the controller's namespace, where the clients run, and both nodes).
+    r = cluster.run(["ip", "route", "show", "default"])
+    assert r.returncode == 0 and r.stdout.strip() == "", ("ctl", r.stdout, r.stderr)
     for node in ("node1", "node2"):
         r = cluster.run(["srun", "-w", node, "-N1", "-n1", "ip", "route", "show", "default"])
         assert r.returncode == 0 and r.stdout.strip() == "", (node, r.stdout, r.stderr)
@@ -146,6 +149,8 @@ def test_two_node_job_equals_one_node_job(cluster, tmp_path, stage, config, over
     assert infos[0].get("NodeList") == "node[1-2]", infos[0]
     text = read(two[2])
     assert "GLOO_SOCKET_IFNAME=eth0" in text, text[-4000:]
+    if stage == "sft":
+        assert SFT_LAYOUT_LINE[layout] in text, text[-4000:]
     runs = [train_metrics(out_dir) for _, out_dir, _ in (two, one)]
     assert [r["step"] for r in runs[0]] == list(range(1, STEPS + 1)), text[-4000:]
     assert [r["step"] for r in runs[1]] == list(range(1, STEPS + 1))
