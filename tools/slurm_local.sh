@@ -26,39 +26,9 @@ CONF_DIR=/etc/slurm
 CONF=$CONF_DIR/slurm.conf
 TIMEOUT=${SLURM_LOCAL_TIMEOUT:-60}
 
-log() { echo "slurm_local: $*" >&2; }
-die() { log "error: $*"; exit "${2:-1}"; }
-
-need_root() {
-    [[ $(id -u) -eq 0 ]] || die "must run as root (starts munged/slurmctld/slurmd as root)" 3
-}
-
-install_packages() {
-    if command -v slurmctld >/dev/null && command -v slurmd >/dev/null && command -v sbatch >/dev/null \
-        && command -v munged >/dev/null; then
-        return 0
-    fi
-    command -v apt-get >/dev/null || die "slurm is not installed and apt-get is not available" 1
-    export DEBIAN_FRONTEND=noninteractive
-    log "installing slurm-wlm and munge with apt-get (one-off, ~1 min)"
-    local out
-    if ! out=$(apt-get update -qq 2>&1); then
-        echo "$out" >&2
-        die "apt-get update failed (package registry unreachable?)" 75
-    fi
-    # apt-get update exits 0 even when every mirror failed; a fetch failure shows as W:/E: lines.
-    if grep -qiE "^(W|E): (Failed to fetch|Some index files failed)" <<<"$out"; then
-        echo "$out" >&2
-    fi
-    if ! out=$(apt-get install -y -qq --no-install-recommends slurm-wlm munge 2>&1); then
-        echo "$out" >&2
-        if grep -qiE "Unable to locate package|Failed to fetch|Temporary failure|Could not resolve|Connection (failed|timed out)|Unable to fetch" <<<"$out"; then
-            die "apt-get install slurm-wlm munge failed: packages not downloadable (registry unreachable?)" 75
-        fi
-        die "apt-get install slurm-wlm munge failed" 1
-    fi
-    command -v slurmctld >/dev/null || die "slurm-wlm installed but slurmctld is not on PATH" 1
-}
+LOG_PREFIX=slurm_local
+# shellcheck source=tools/slurm_common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/slurm_common.sh"
 
 write_config() {
     local host cpus nproc_
@@ -74,43 +44,15 @@ write_config() {
 $MARK
 ClusterName=local
 SlurmctldHost=${host}(127.0.0.1)
-SlurmUser=root
-SlurmdUser=root
-AuthType=auth/munge
 # A requeued job becomes eligible cred_expire+1 s later (default 120 s); keep requeue tests fast.
 AuthInfo=cred_expire=10
-CredType=cred/munge
-MpiDefault=none
-ProctrackType=proctrack/linuxproc
-TaskPlugin=task/none
-SwitchType=switch/none
-SchedulerType=sched/backfill
-SelectType=select/cons_tres
-SelectTypeParameters=CR_CPU
-SlurmdParameters=config_overrides
-ReturnToService=2
-JobRequeue=1
-# Finished jobs stay visible to 'scontrol show job' this long (the tests read their exit code there);
-# the job-completion log below keeps them after that.
-MinJobAge=600
-KillWait=30
-InactiveLimit=0
-Waittime=0
-SlurmctldTimeout=60
-SlurmdTimeout=60
-# Short scheduling passes so a requeued job whose BeginTime passed starts within seconds.
-SchedulerParameters=sched_interval=2,bf_interval=2,sched_min_interval=100000
+$(slurm_conf_common)
 StateSaveLocation=$STATE/ctld
 SlurmdSpoolDir=$STATE/spool
 SlurmctldPidFile=$STATE/slurmctld.pid
 SlurmdPidFile=$STATE/slurmd.pid
 SlurmctldLogFile=$STATE/log/slurmctld.log
 SlurmdLogFile=$STATE/log/slurmd.log
-SlurmctldDebug=info
-SlurmdDebug=info
-AccountingStorageType=accounting_storage/none
-JobAcctGatherType=jobacct_gather/none
-JobCompType=jobcomp/filetxt
 JobCompLoc=$STATE/log/jobcomp.log
 NodeName=${host} NodeAddr=127.0.0.1 CPUs=${cpus} State=UNKNOWN
 PartitionName=debug Nodes=${host} Default=YES MaxTime=INFINITE State=UP OverSubscribe=YES
@@ -139,10 +81,6 @@ setup_munge() {
     chmod 0400 /etc/munge/munge.key
     chmod 0700 /etc/munge /var/log/munge /var/lib/munge
     chmod 0755 /run/munge
-}
-
-pid_alive() {  # pidfile
-    [[ -f $1 ]] && kill -0 "$(cat "$1")" 2>/dev/null
 }
 
 start_munge() {
@@ -197,19 +135,6 @@ wait_idle() {
     sinfo -R >&2 || true
     tail -n 20 "$STATE/log/slurmctld.log" "$STATE/log/slurmd.log" >&2 || true
     die "node $host did not become idle within ${TIMEOUT}s (last state: ${state:-none})" 1
-}
-
-stop_pidfile() {  # name pidfile
-    local pid
-    [[ -f $2 ]] || return 0
-    pid=$(cat "$2")
-    if kill -0 "$pid" 2>/dev/null; then
-        log "stopping $1 (pid $pid)"
-        kill -TERM "$pid" 2>/dev/null || true
-        for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
-        kill -0 "$pid" 2>/dev/null && kill -KILL "$pid" 2>/dev/null || true
-    fi
-    rm -f "$2"
 }
 
 stop_daemons() {

@@ -1,18 +1,26 @@
 #!/bin/bash
-# Thin wrapper around sbatch for examples/slurm/sft.sbatch: creates the log directory (Slurm does not), names the
+# Thin wrapper around sbatch for examples/slurm/train.sbatch: creates the log directory (Slurm does not), names the
 # job after the config when no -J is given, and prints where the log and the run directory are.
 #
-#   examples/slurm/submit.sh [sbatch options] CONFIG [dotted overrides ...]
+#   examples/slurm/submit.sh [--stage=STAGE] [sbatch options] CONFIG [dotted overrides ...]
 #   examples/slurm/submit.sh -J llama3-70b-sft --nodes=8 examples/configs/llama3_70b.yaml data.path=...
 #
-# Everything before the first argument ending in .yaml/.yml is passed to sbatch; the rest to the script.
+# --stage: the megatron_align command to run (default sft). Everything else before the first argument ending
+# in .yaml/.yml is passed to sbatch; the rest to the script.
 # Run it from the repository root (the submit directory is the job's working directory).
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 sbatch_opts=()
-while [[ $# -gt 0 && ! $1 =~ \.ya?ml$ ]]; do sbatch_opts+=("$1"); shift; done
+stage=sft
+while [[ $# -gt 0 && ! $1 =~ \.ya?ml$ ]]; do
+    case $1 in
+        --stage=*) stage=${1#--stage=} ;;
+        *) sbatch_opts+=("$1") ;;
+    esac
+    shift
+done
 if [[ $# -lt 1 ]]; then
-    echo "usage: $0 [sbatch options] CONFIG.yaml [dotted overrides ...]" >&2
+    echo "usage: $0 [--stage=STAGE] [sbatch options] CONFIG.yaml [dotted overrides ...]" >&2
     exit 2
 fi
 config=$1
@@ -32,6 +40,6 @@ if [[ -z $name ]]; then
     sbatch_opts+=(--job-name="$name")
 fi
 mkdir -p logs
-job=$(sbatch --parsable ${sbatch_opts[@]+"${sbatch_opts[@]}"} "$here/sft.sbatch" "$@")
+job=$(sbatch --parsable ${sbatch_opts[@]+"${sbatch_opts[@]}"} "$here/train.sbatch" "$stage" "$@")
 job=${job%%;*}
-echo "submitted job $job ($name): log logs/$name-$job.out, run directory runs/$name (unless output_dir=... is given)"
+echo "submitted $stage job $job ($name): log logs/$name-$job.out, run directory runs/$name (unless output_dir=... is given)"

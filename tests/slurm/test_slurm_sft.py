@@ -14,7 +14,6 @@ other failure to start the cluster fails the tests.
 from __future__ import annotations
 
 import importlib.util
-import json
 import math
 import os
 import re
@@ -25,20 +24,17 @@ import time
 import uuid
 
 import pytest
+from slurm_jobs import (FAKE_SFT, REPO, SFT_SBATCH, TINY_CONFIG, Cluster, assert_completed, assert_dead_rank_fails_fast,
+                        assert_saved_requeued_resumed, fake_config, latest_checkpoint, read, run_cluster_tool,
+                        train_metrics)
 
 pytestmark = [pytest.mark.slow]
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-SBATCH_SCRIPT = os.path.join(REPO, "examples", "slurm", "sft.sbatch")
 SLURM_LOCAL = os.path.join(REPO, "tools", "slurm_local.sh")
-TINY_CONFIG = os.path.join(REPO, "examples", "configs", "tiny_cpu.yaml")
-FAKE_SFT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fake_sft.py")
 STATE_DIR = os.environ.get("SLURM_LOCAL_STATE", "/var/lib/megatron_align_slurm")
 JOBCOMP_LOG = os.path.join(STATE_DIR, "log", "jobcomp.log")
 
 STEPS = 20  # per run; the tiny model takes ~0.25 s a step on 2 cores, start-up ~25 s
-TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL",
-            "DEADLINE", "PREEMPTED"}
 TAG = uuid.uuid4().hex[:6]
 
 
@@ -64,105 +60,25 @@ def cluster():
     if shutil.which("slurmctld") is None and shutil.which("apt-get") is None:
         pytest.skip("Slurm is not installed and apt-get is not available to install it")
     already = _daemons_running()
-    r = subprocess.run(["bash", SLURM_LOCAL, "start"], capture_output=True, text=True, timeout=900)
-    out = (r.stdout + r.stderr)[-4000:]
-    if r.returncode == 75:
-        pytest.skip(f"slurm-wlm/munge could not be installed (package registry unreachable):\n{out}")
-    if r.returncode == 3:
-        pytest.skip(f"tools/slurm_local.sh needs root:\n{out}")
-    assert r.returncode == 0, f"tools/slurm_local.sh start failed (exit {r.returncode}):\n{out}"
-    jobs: list = []
-    yield jobs
-    for job in jobs:
-        subprocess.run(["scancel", str(job)], capture_output=True)
+    run_cluster_tool(["bash", SLURM_LOCAL, "start"])
+    cluster = Cluster(jobcomp_log=JOBCOMP_LOG)
+    yield cluster
+    cluster.cancel_all()
     if not already:  # leave a cluster that was up before the tests as it was
         subprocess.run(["bash", SLURM_LOCAL, "stop"], capture_output=True, timeout=120)
 
 
 def _submit(cluster, tmp, name, config, overrides, *, cmd=None, sbatch_args=()):
-    name = f"{name}-{TAG}"
-    out_dir = os.path.join(tmp, name)
-    log = os.path.join(tmp, f"{name}.log")
-    env = dict(os.environ, PYTHON=sys.executable, MEGATRON_ALIGN_CPU="1")
-    env.pop("MEGATRON_ALIGN_TRAIN_CMD", None)
-    if cmd:
-        env["MEGATRON_ALIGN_TRAIN_CMD"] = cmd
-    argv = ["sbatch", "--parsable", "-J", name, "--nodes=1", "--ntasks=2", "--ntasks-per-node=2",
-            "--gpus-per-node=0", "--cpus-per-task=1", "--time=15", f"--output={log}", f"--chdir={REPO}",
-            *sbatch_args, SBATCH_SCRIPT, config, *overrides, f"output_dir={out_dir}"]
-    r = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=60)
-    assert r.returncode == 0, f"sbatch failed: {r.stderr}"
-    job = int(r.stdout.strip().split(";")[0])
-    cluster.append(job)
-    return job, out_dir, log
-
-
-def _job_info(job):
-    r = subprocess.run(["scontrol", "show", "job", "-o", str(job)], capture_output=True, text=True)
-    line = r.stdout.strip()
-    if r.returncode != 0 or not line:  # aged out of slurmctld: the job-completion log has it
-        line = ""
-        if os.path.isfile(JOBCOMP_LOG):
-            with open(JOBCOMP_LOG) as f:
-                for ln in f:
-                    if ln.startswith(f"JobId={job} "):
-                        line = ln
-    return dict(re.findall(r"(\w+)=(\S*)", line))
-
-
-def _read(path):
-    try:
-        with open(path, errors="replace") as f:
-            return f.read()
-    except OSError:
-        return ""
-
-
-def _wait(job, log, timeout):
-    deadline = time.monotonic() + timeout
-    info = {}
-    while time.monotonic() < deadline:
-        info = _job_info(job)
-        if info.get("JobState") in TERMINAL:
-            return info
-        time.sleep(1)
-    subprocess.run(["scancel", str(job)], capture_output=True)
-    pytest.fail(f"job {job} not finished after {timeout}s (state {info.get('JobState')}); log:\n{_read(log)[-6000:]}")
-
-
-def _train_metrics(out_dir):
-    recs = []
-    with open(os.path.join(out_dir, "metrics.jsonl")) as f:
-        for line in f:
-            if line.strip():
-                rec = json.loads(line)
-                if rec.get("kind", "train") == "train":
-                    recs.append(rec)
-    return recs
-
-
-def _latest_checkpoint(out_dir):
-    marker = os.path.join(out_dir, "latest")
-    assert os.path.isfile(marker), f"no {marker}"
-    with open(marker) as f:
-        ckpt = os.path.join(out_dir, f.read().strip())
-    assert os.path.isfile(os.path.join(ckpt, "COMPLETE")), f"{ckpt} has no COMPLETE file"
-    return ckpt
+    return cluster.submit(tmp, f"{name}-{TAG}", [config, *overrides], cmd=cmd, script=SFT_SBATCH,
+                          sbatch_args=["--nodes=1", "--ntasks=2", "--ntasks-per-node=2", *sbatch_args])
 
 
 def _sft_job(cluster, tmp, name):
     """Submit the SFT job of the tiny config (or the stand-in trainer while the real one is missing)."""
     if _real_sft():
         return _submit(cluster, tmp, name, TINY_CONFIG, [f"train.max_steps={STEPS}", "output.tensorboard=false"])
-    return _submit(cluster, tmp, name, _fake_config(tmp), [f"train.max_steps={STEPS}", "fake.step_seconds=0.3"],
+    return _submit(cluster, tmp, name, fake_config(tmp), [f"train.max_steps={STEPS}", "fake.step_seconds=0.3"],
                    cmd=f"{sys.executable} {FAKE_SFT}")
-
-
-def _fake_config(tmp):
-    path = os.path.join(tmp, "fake_sft.yaml")
-    with open(path, "w") as f:
-        f.write("# config of tests/slurm/fake_sft.py\noptim:\n  lr: 0.05\n")
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -170,87 +86,50 @@ def reference_run(cluster, tmp_path_factory):
     tmp = str(tmp_path_factory.mktemp("slurm_ref"))
     t0 = time.monotonic()
     job, out_dir, log = _sft_job(cluster, tmp, "sft-ref")
-    info = _wait(job, log, timeout=240)
+    info = cluster.wait(job, log, timeout=240)
     return dict(job=job, out_dir=out_dir, log=log, info=info, seconds=time.monotonic() - t0)
 
 
 def test_sft_job_runs_to_completion(reference_run):
     info, out_dir, log = reference_run["info"], reference_run["out_dir"], reference_run["log"]
-    text = _read(log)
-    assert info.get("JobState") == "COMPLETED" and info.get("ExitCode") == "0:0", \
-        f"job ended {info.get('JobState')} exit {info.get('ExitCode')}; log:\n{text[-6000:]}"
-    recs = _train_metrics(out_dir)
+    text = read(log)
+    assert_completed(info, log)
+    recs = train_metrics(out_dir)
     assert [r["step"] for r in recs] == list(range(1, STEPS + 1)), text[-3000:]
     losses = [r["loss"] for r in recs]
     assert all(math.isfinite(v) for v in losses)
     first, last = sum(losses[:3]) / 3, sum(losses[-3:]) / 3
     assert last < first - 0.1, f"loss did not fall: first steps {losses[:3]}, last steps {losses[-3:]}"
-    ckpt = _latest_checkpoint(out_dir)
+    ckpt = latest_checkpoint(out_dir)
     assert os.path.basename(ckpt) == f"step_{STEPS:08d}"
     assert "CPU/gloo" in text and "training step exited with status 0" in text
 
 
 def test_usr1_saves_requeues_and_resumes_exactly(cluster, reference_run, tmp_path):
     job, out_dir, log = _sft_job(cluster, str(tmp_path), "sft-requeue")
-    metrics = os.path.join(out_dir, "metrics.jsonl")
     # Signal once a few steps are done, as --signal=B:USR1@120 would before the time limit.
-    deadline = time.monotonic() + 180
-    while True:
-        steps = []
-        for ln in _read(metrics).splitlines():
-            try:
-                steps.append(json.loads(ln).get("step", 0))
-            except ValueError:  # a line being written
-                pass
-        if steps and max(steps) >= 3:
-            break
-        state = _job_info(job).get("JobState")
-        if state in TERMINAL or time.monotonic() > deadline:
-            pytest.fail(f"job {job} ({state}) never reached step 3; log:\n{_read(log)[-6000:]}")
-        time.sleep(0.1)
-    r = subprocess.run(["scancel", "--signal=USR1", "--batch", str(job)], capture_output=True, text=True)
+    cluster.wait_for_step(job, out_dir, log, 3, timeout=180)
+    r = cluster.run(["scancel", "--signal=USR1", "--batch", str(job)])
     assert r.returncode == 0, r.stderr
-    info = _wait(job, log, timeout=300)
-    text = _read(log)
-    assert info.get("JobState") == "COMPLETED" and info.get("ExitCode") == "0:0", \
-        f"job ended {info.get('JobState')} exit {info.get('ExitCode')}; log:\n{text[-6000:]}"
-    assert int(info.get("Restarts", "0")) >= 1, f"job was not requeued: {info}\n{text[-6000:]}"
+    info = cluster.wait(job, log, timeout=300)
+    stop_step = assert_saved_requeued_resumed(info, log, STEPS)
+    assert stop_step >= 3
 
-    assert "received SIGUSR1" in text and "requeueing job" in text, text[-6000:]
-    saved = re.findall(r"stop signal received: saved (\S+) at step (\d+)", text)
-    assert saved, f"the trainer did not report a save on the signal; log:\n{text[-6000:]}"
-    stop_step = int(saved[0][1])
-    assert 3 <= stop_step < STEPS, f"stopped at step {stop_step}"
-    resumed = re.findall(r"resumed from step (\d+)", text)
-    assert resumed and int(resumed[0]) == stop_step, f"no 'resumed from step {stop_step}' in the log:\n{text[-6000:]}"
-    # The requeued run opened the same log (append) and announced the resume before starting srun.
-    assert "restart 1" in text and "(resuming from step_" in text
-
-    recs = _train_metrics(out_dir)
+    recs = train_metrics(out_dir)
     steps = [r["step"] for r in recs]
     # Steps continue after the checkpoint (a restart from 1 would repeat 1..stop_step).
     assert steps == list(range(1, STEPS + 1)), f"steps in metrics.jsonl: {steps}"
-    ref = {r["step"]: r["loss"] for r in _train_metrics(reference_run["out_dir"])}
+    ref = {r["step"]: r["loss"] for r in train_metrics(reference_run["out_dir"])}
     for rec in recs:
         a, b = rec["loss"], ref[rec["step"]]
         assert abs(a - b) <= 1e-6 * max(abs(b), 1e-12), \
             f"step {rec['step']}: loss {a!r} after resume vs {b!r} uninterrupted (stopped at {stop_step})"
-    assert os.path.basename(_latest_checkpoint(out_dir)) == f"step_{STEPS:08d}"
+    assert os.path.basename(latest_checkpoint(out_dir)) == f"step_{STEPS:08d}"
 
 
 def test_dead_rank_fails_the_job_quickly(cluster, tmp_path):
-    # The stand-in trainer: rank 1 exits 3 at step 3 while rank 0 would wait in a collective for 2 minutes.
-    t0 = time.monotonic()
-    job, out_dir, log = _submit(cluster, str(tmp_path), "sft-dead-rank", _fake_config(str(tmp_path)),
-                                ["train.max_steps=200", "fake.step_seconds=0.2", "fake.fail_rank=1",
-                                 "fake.fail_step=3"], cmd=f"{sys.executable} {FAKE_SFT}")
-    info = _wait(job, log, timeout=150)
-    elapsed = time.monotonic() - t0
-    text = _read(log)
-    assert info.get("JobState") == "FAILED" and info.get("ExitCode") != "0:0", f"{info}\n{text[-4000:]}"
-    assert "rank 1 dies at step 3" in text, text[-4000:]
-    assert int(info.get("Restarts", "0")) == 0, "a failed job must not be requeued"
-    assert elapsed < 90, f"took {elapsed:.0f}s: the surviving rank was not killed by --kill-on-bad-exit"
+    assert_dead_rank_fails_fast(cluster, str(tmp_path), f"sft-dead-rank-{TAG}", script_args=[], script=SFT_SBATCH,
+                                sbatch_args=["--nodes=1", "--ntasks=2", "--ntasks-per-node=2"], max_seconds=90)
 
 
 def test_time_limit_signal_requeues_and_resumes(cluster, tmp_path):
@@ -258,13 +137,13 @@ def test_time_limit_signal_requeues_and_resumes(cluster, tmp_path):
     # checks limits every ~30 s, so the warning lands 30-90 s in). The stand-in needs ~80 s for 150 steps, so
     # the first run is cut short, requeued, and the second one finishes.
     steps = 150
-    job, out_dir, log = _submit(cluster, str(tmp_path), "sft-timelimit", _fake_config(str(tmp_path)),
+    job, out_dir, log = _submit(cluster, str(tmp_path), "sft-timelimit", fake_config(str(tmp_path)),
                                 [f"train.max_steps={steps}", "fake.step_seconds=0.5"],
                                 cmd=f"{sys.executable} {FAKE_SFT}", sbatch_args=["--time=2", "--signal=B:USR1@60"])
-    info = _wait(job, log, timeout=360)
-    text = _read(log)
+    info = cluster.wait(job, log, timeout=360)
+    text = read(log)
     assert info.get("JobState") == "COMPLETED" and info.get("ExitCode") == "0:0", f"{info}\n{text[-4000:]}"
     assert int(info.get("Restarts", "0")) >= 1, f"not requeued: {info}\n{text[-4000:]}"
     assert "received SIGUSR1" in text and re.search(r"resumed from step \d+", text), text[-4000:]
-    recs = _train_metrics(out_dir)
+    recs = train_metrics(out_dir)
     assert [r["step"] for r in recs] == list(range(1, steps + 1))
