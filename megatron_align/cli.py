@@ -25,6 +25,7 @@ COMMANDS: Dict[str, Command] = {
     "demo": Command("megatron_align.commands.demo", "run the main job on the tiny bundled default (CPU)"),
     "sft": Command("megatron_align.commands.sft", "supervised fine-tuning with sample packing"),
     "rm": Command("megatron_align.commands.rm", "reward model: Bradley-Terry + alpha * MSE to absolute scores"),
+    "dpo": Command("megatron_align.commands.dpo", "DPO family on packed preference pairs (dpo, ipo, simpo, orpo, rpo)"),
     "score": Command("megatron_align.commands.score", "rewards of prompt/response lines under a reward model"),
     "preprocess": Command("megatron_align.commands.preprocess", "tokenize chat JSONL into megatron indexed binary files"),
     "convert": Command("megatron_align.commands.convert", "convert checkpoints Hugging Face <-> Megatron"),

@@ -117,36 +117,22 @@ def conversation(rng: random.Random) -> dict:
     return {"messages": messages, "category": category}
 
 
-# -- preference pairs (reward model, DPO): a learnable rule, chosen = the correct answer, rejected = a wrong one
+# -- preference pairs (reward model, DPO): a learnable rule, chosen = a correct answer, rejected = a wrong one.
+# "Name a fruit." -> chosen names a fruit, rejected a word of another class; the category is the class asked for.
 N_PAIRS_TRAIN, N_PAIRS_EVAL = 1200, 200
-
-
-def pair_repeat(rng):
-    w, other = rng.sample(WORDS, 2)
-    return f"Repeat the word {w}.", w, other
-
-
-def pair_math(rng):
-    a, b = rng.randint(0, 4), rng.randint(0, 4)
-    wrong = a + b + rng.choice([-2, -1, 1, 2, 3])
-    return f"What is {a} + {b}?", f"{a} + {b} = {a + b}", f"{a} + {b} = {max(wrong, 0) if wrong != a + b else a + b + 1}"
-
-
-def pair_count(rng):
-    n = rng.randint(1, 5)
-    ws = words(rng, n)
-    wrong = rng.choice([k for k in range(1, 7) if k != n])
-    return f"How many words: {' '.join(ws)}?", str(n), str(wrong)
-
-
-PAIR_TASKS = {"repeat": pair_repeat, "math": pair_math, "count": pair_count}
+PAIR_CLASSES = {"fruit": "apple banana cherry lemon orange".split(),
+                "animal": "tiger rabbit monkey turtle kitten puppy".split(),
+                "color": "green yellow purple silver".split(),
+                "object": "chair table pencil basket hammer ladder".split()}
+PAIR_ARTICLES = {"fruit": "a fruit", "animal": "an animal", "color": "a color", "object": "an object"}
 
 
 def preference_pair(rng: random.Random) -> dict:
-    category = rng.choice(list(PAIR_TASKS))
-    q, good, bad = PAIR_TASKS[category](rng)
-    rec = {"prompt": [{"role": "user", "content": q}], "chosen": [{"role": "assistant", "content": good}],
-           "rejected": [{"role": "assistant", "content": bad}], "category": category}
+    asked = rng.choice(list(PAIR_CLASSES))
+    other = rng.choice([k for k in PAIR_CLASSES if k != asked])
+    rec = {"prompt": [{"role": "user", "content": f"Name {PAIR_ARTICLES[asked]}."}],
+           "chosen": [{"role": "assistant", "content": rng.choice(PAIR_CLASSES[asked])}],
+           "rejected": [{"role": "assistant", "content": rng.choice(PAIR_CLASSES[other])}], "category": asked}
     if rng.random() < 0.5:  # half the pairs carry absolute scores (1-10), like a rated preference set
         rec.update(dataset="rated", chosen_score=rng.randint(7, 10), rejected_score=rng.randint(1, 4))
     else:

@@ -12,22 +12,11 @@ from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import dataclass
 from typing import List, Optional
 
-from megatron_align.config.base import ConfigError, help_field
 from megatron_align.errors import UserError
-from megatron_align.config.model import ModelConfig
-from megatron_align.config.parallel import ParallelConfig
+from megatron_align.config.forward import ForwardJob
 
-
-
-@dataclass
-class LogprobsJob:
-    """The dotted overrides a logprobs run accepts (``model.*``, ``parallel.*``)."""
-
-    model: ModelConfig = help_field(default_factory=ModelConfig, help="Model backends and precision.")
-    parallel: ParallelConfig = help_field(default_factory=ParallelConfig, help="TP/PP layout (DP = the rest).")
 
 
 class LogprobsError(UserError, ValueError):
@@ -97,7 +86,7 @@ def messages_encoder(tokenizer_path: str, template: Optional[str], family: str):
 
 
 # -- run --------------------------------------------------------------------------------------------------
-def compute_logprobs(args: argparse.Namespace, job: LogprobsJob) -> int:
+def compute_logprobs(args: argparse.Namespace, job: ForwardJob) -> int:
     """Pack the sequences exactly like training (best-fit rows of isolated documents, positions restarting,
     ``cu_seqlens`` for the THD path) and run them forward-only through a frozen :class:`ModelSession`, i.e.
     through the same forward as training for the configured ``model.transformer_impl``."""
@@ -168,5 +157,5 @@ def compute_logprobs(args: argparse.Namespace, job: LogprobsJob) -> int:
 def run(args: argparse.Namespace) -> int:
     from megatron_align.config.base import load_config
 
-    job = load_config(LogprobsJob, args.config, args.overrides)
+    job = load_config(ForwardJob, args.config, args.overrides)
     return compute_logprobs(args, job)

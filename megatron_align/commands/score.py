@@ -12,20 +12,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-from dataclasses import dataclass
 from typing import List
 
-from megatron_align.config.base import help_field
-from megatron_align.config.model import ModelConfig
-from megatron_align.config.parallel import ParallelConfig
-
-
-@dataclass
-class ScoreJob:
-    """The dotted overrides `score` accepts (``model.*`` backends/precision, ``parallel.*``)."""
-
-    model: ModelConfig = help_field(default_factory=ModelConfig, help="Model backends and precision.")
-    parallel: ParallelConfig = help_field(default_factory=ParallelConfig, help="TP/PP layout (DP = the rest).")
+from megatron_align.config.forward import ForwardJob
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -82,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
     from megatron_align.config.base import load_config
     from megatron_align.errors import UserError
 
-    job = load_config(ScoreJob, args.config, args.overrides)
+    job = load_config(ForwardJob, args.config, args.overrides)
     if args.seq_length < 2 or args.micro_batch_size < 1:
         raise UserError("--seq-length must be >= 2 and --micro-batch-size >= 1")
     ckpt = layout.resolve(args.load)

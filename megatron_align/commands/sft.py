@@ -11,15 +11,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
 
 
-def run(args: argparse.Namespace) -> int:
+def run_stage_command(args: argparse.Namespace, config_cls, runner) -> int:
+    """Load ``config_cls`` from --config + overrides; print it (--print-config) or ``runner(cfg)``."""
     from megatron_align.config.base import dump_yaml, load_config
-    from megatron_align.config.sft import SFTConfig
 
-    cfg = load_config(SFTConfig, args.config, args.overrides)
+    cfg = load_config(config_cls, args.config, args.overrides)
     if args.print_config:
         print(dump_yaml(cfg), end="")
         return 0
+    runner(cfg)
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    from megatron_align.config.sft import SFTConfig
     from megatron_align.stages.sft import run_sft
 
-    run_sft(cfg)
-    return 0
+    return run_stage_command(args, SFTConfig, run_sft)

@@ -88,3 +88,17 @@ def micro_batch_utilization(micro_batches: Sequence[MicroBatch]) -> float:
     """Real tokens / token slots over the non-padding micro-batches actually built."""
     slots = sum(mb.tokens.numel() for mb in micro_batches if not mb.is_padding)
     return sum(mb.num_real_tokens for mb in micro_batches) / slots if slots else 0.0
+
+
+def tokenizer_and_template(cfg: DataConfig, family: Optional[str]):
+    """The tokenizer and chat template of ``cfg`` (``data.template`` or the family's default); a bad template name
+    is a ConfigError naming ``data.template``."""
+    from megatron_align.config.base import ConfigError
+
+    cfg.validate()
+    tok = load_tokenizer(cfg.tokenizer)
+    try:
+        name = resolve_template_name(cfg.template, family)
+    except ValueError as exc:
+        raise ConfigError(f"data.template: {exc}") from None
+    return tok, build_template(name, tok, cfg.system_prompt)

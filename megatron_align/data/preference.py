@@ -163,43 +163,31 @@ def fit_pair(c_ids, c_mask, r_ids, r_mask, prompt_len: int, seq_length: Optional
     return c_ids[:c_end], c_mask[:c_end], r_ids[:r_end], r_mask[:r_end], True
 
 
-class PreferenceDataset(ChatDataset):
-    """A preference JSONL file, tokenized in memory: ``ds[i]`` is a two-document :class:`Unit`."""
+class UnitDataset(ChatDataset):
+    """A JSONL file of records that become :class:`Unit`\ s, tokenized in memory; ``ds[i]`` is unit ``i``.
+    Subclasses implement :meth:`_read` (append units, count what was truncated, dropped or skipped)."""
 
     def __init__(self, path: str, template: ChatTemplate, seq_length: Optional[int] = None,
                  overlong: str = "truncate", on_bad_line: str = "error", vocab_size: Optional[int] = None) -> None:
-        self.path = path
+        self.path, self.vocab_size = path, vocab_size
         self.stats = DataStats()
-        default_dataset = os.path.splitext(os.path.basename(path))[0]
+        self.default_dataset = os.path.splitext(os.path.basename(path))[0]
         self._units: List[Unit] = []
         skipped: List[int] = []
-        for lineno, rec in iter_records(path, parse_pair, on_bad_line, skipped):
-            c_ids, c_mask = _encode_side(template, rec, "chosen")
-            r_ids, r_mask = _encode_side(template, rec, "rejected")
-            if vocab_size is not None:
-                bad = max(int(c_ids.max()), int(r_ids.max()))
-                if bad >= vocab_size:
-                    from megatron_align.data.errors import DataError
-
-                    raise DataError(path, lineno, f"token id {bad} is outside the vocabulary [0, {vocab_size})")
-            if np.array_equal(c_ids, r_ids):
-                self.stats.n_identical += 1
-                continue
-            prompt_len = int(np.argmax(c_mask)) if c_mask.any() else len(c_ids)
-            fitted = fit_pair(c_ids, c_mask, r_ids, r_mask, prompt_len, seq_length, overlong)
-            if fitted is None:
-                self.stats.n_dropped += 1
-                continue
-            c_ids, c_mask, r_ids, r_mask, truncated = fitted
-            self.stats.n_truncated += int(truncated)
-            k = len(self._units)
-            ds = rec.dataset or default_dataset
-            docs = [Sample(2 * k, c_ids, c_mask, rec.category, CHOSEN, {"score": _nan(rec.chosen_score)}),
-                    Sample(2 * k + 1, r_ids, r_mask, rec.category, REJECTED, {"score": _nan(rec.rejected_score)})]
-            self._units.append(Unit(k, docs, rec.category, ds))
+        self._read(template, seq_length, overlong, on_bad_line, skipped)
         self.stats.n_samples = len(self._units)
         self.stats.n_skipped_bad = len(skipped)
         self.lengths = np.asarray([len(u) for u in self._units], dtype=np.int64)
+
+    def _read(self, template, seq_length, overlong, on_bad_line, skipped) -> None:
+        raise NotImplementedError
+
+    def _check_vocab(self, lineno: int, *arrays) -> None:
+        bad = max(int(a.max()) for a in arrays)
+        if self.vocab_size is not None and bad >= self.vocab_size:
+            from megatron_align.data.errors import DataError
+
+            raise DataError(self.path, lineno, f"token id {bad} is outside the vocabulary [0, {self.vocab_size})")
 
     def __getitem__(self, idx: int) -> Unit:
         return self._units[idx]
@@ -211,5 +199,90 @@ class PreferenceDataset(ChatDataset):
         return self._units
 
 
+class PreferenceDataset(UnitDataset):
+    """A preference JSONL file: ``ds[i]`` is a two-document unit (chosen role 0, rejected role 1)."""
+
+    def _read(self, template, seq_length, overlong, on_bad_line, skipped) -> None:
+        for lineno, rec in iter_records(self.path, parse_pair, on_bad_line, skipped):
+            c_ids, c_mask = _encode_side(template, rec, "chosen")
+            r_ids, r_mask = _encode_side(template, rec, "rejected")
+            self._check_vocab(lineno, c_ids, r_ids)
+            if np.array_equal(c_ids, r_ids):
+                self.stats.n_identical += 1
+                continue
+            prompt_len = int(np.argmax(c_mask)) if c_mask.any() else len(c_ids)
+            fitted = fit_pair(c_ids, c_mask, r_ids, r_mask, prompt_len, seq_length, overlong)
+            if fitted is None:
+                self.stats.n_dropped += 1
+                continue
+            c_ids, c_mask, r_ids, r_mask, truncated = fitted
+            self.stats.n_truncated += int(truncated)
+            k = len(self._units)
+            docs = [Sample(2 * k, c_ids, c_mask, rec.category, CHOSEN, {"score": _nan(rec.chosen_score)}),
+                    Sample(2 * k + 1, r_ids, r_mask, rec.category, REJECTED, {"score": _nan(rec.rejected_score)})]
+            self._units.append(Unit(k, docs, rec.category, rec.dataset or self.default_dataset))
+
+
 def _nan(x: Optional[float]) -> float:
     return float("nan") if x is None else float(x)
+
+
+# ---------------------------------------------------------------------------------------------------- unpaired (KTO)
+def parse_unpaired(obj: object) -> Tuple[PairRecord, bool]:
+    """``{"prompt", "completion", "label": true|false}`` (or ``prompt_ids`` / ``completion_ids``) -> the record
+    (the completion in the chosen slot) and its label."""
+    if not isinstance(obj, dict):
+        raise ValueError(f"record must be a JSON object, got {type(obj).__name__}")
+    label = obj.get("label")
+    if not isinstance(label, bool):
+        raise ValueError(f"'label' must be true or false (desirable or not), got {label!r}")
+    common = dict(dataset=_optional_str(obj, "dataset"), category=_optional_str(obj, "category"))
+    if "completion_ids" in obj:
+        if "prompt_ids" not in obj:
+            raise ValueError("missing 'prompt_ids' (a pre-tokenized example needs prompt_ids and completion_ids)")
+        c = _ids(obj["completion_ids"], "completion_ids")
+        if not c:
+            raise ValueError("'completion_ids' must not be empty")
+        return PairRecord(None, None, None, _ids(obj["prompt_ids"], "prompt_ids"), c, c, **common), label
+    for f in ("prompt", "completion"):
+        if f not in obj:
+            raise ValueError(f"missing '{f}' (an unpaired example needs prompt, completion and label)")
+    prompt = _messages(obj["prompt"], "prompt", "user")
+    completion = _messages(obj["completion"], "completion", "assistant")
+    if prompt[-1][0] == "assistant" or any(role != "assistant" for role, _ in completion):
+        raise ValueError("'prompt' must end with a user message and 'completion' hold only assistant message(s)")
+    return PairRecord(prompt, completion, completion, **common), label
+
+
+class UnpairedDataset(UnitDataset):
+    """KTO data: one document per example (prompt + completion, ``values["label"]`` 1 desirable / 0 not,
+    ``values["prompt_len"]``), so mismatched (prompt, completion) documents can be built per batch."""
+
+    def _read(self, template, seq_length, overlong, on_bad_line, skipped) -> None:
+        for lineno, (rec, label) in iter_records(self.path, parse_unpaired, on_bad_line, skipped):
+            ids, mask = _encode_side(template, rec, "chosen")
+            self._check_vocab(lineno, ids)
+            prompt_len = int(np.argmax(mask)) if mask.any() else len(ids)
+            limit = None if seq_length is None else seq_length // 2  # room for a mismatched (prompt, completion)
+            if limit is not None and len(ids) > limit:
+                if overlong == "drop" or prompt_len >= limit - 1:
+                    self.stats.n_dropped += 1
+                    continue
+                ids, mask = ids[:limit], mask[:limit]
+                self.stats.n_truncated += 1
+            k = len(self._units)
+            doc = Sample(k, ids, mask, rec.category, 0, {"label": float(label), "prompt_len": float(prompt_len)})
+            self._units.append(Unit(k, [doc], rec.category, rec.dataset or self.default_dataset))
+
+    def mismatched(self, ids: Sequence[int]) -> List[Sample]:
+        """KTO's KL documents for a batch in the given order: example k's prompt with example k-1's completion
+        (the first takes the last one's), TRL's rotation. Their ``sample_id`` is the position in ``ids``."""
+        docs = [self._units[int(i)].docs[0] for i in ids]
+        out = []
+        for k, d in enumerate(docs):
+            other = docs[k - 1]
+            p, q = int(d.values["prompt_len"]), int(other.values["prompt_len"])
+            ids_ = np.concatenate([d.input_ids[:p], other.input_ids[q:]])
+            mask = np.concatenate([np.zeros(p, np.uint8), other.target_mask[q:]])
+            out.append(Sample(k, ids_, mask))
+        return out

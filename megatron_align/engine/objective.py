@@ -93,6 +93,11 @@ class Objective(abc.ABC):
     def all_specs(self) -> Dict[str, MetricSpec]:
         return {"loss": MetricSpec("mean"), **self.metric_specs}
 
+    def nothing(self, output: torch.Tensor) -> ObjectiveOutput:
+        """The result of a micro-batch without units (padding to the DP maximum): zero loss, neutral metrics."""
+        return ObjectiveOutput(empty_output(output), torch.zeros((), device=output.device),
+                               {k: neutral(s, output.device) for k, s in self.metric_specs.items()})
+
 
 def report_for_schedule(objective: Objective, out: ObjectiveOutput):
     """ObjectiveOutput -> megatron's ``(loss, num_tokens, report)`` 3-tuple (``num_tokens`` is our unit count)."""
@@ -151,3 +156,19 @@ def finalize(specs: Dict[str, MetricSpec], values: Dict[str, torch.Tensor], pref
 def empty_output(output: torch.Tensor) -> torch.Tensor:
     """A zero loss still connected to the graph (a micro-batch with no unit must still run backward)."""
     return output.sum() * 0.0
+
+
+def mean_metric(total: torch.Tensor, count) -> torch.Tensor:
+    """A mean metric's ``[sum, count]`` (fp64, on the device of ``total``)."""
+    count = torch.as_tensor(count, dtype=torch.float64, device=total.device)
+    return torch.stack([total.double().reshape(()), count.reshape(())])
+
+
+def grouped_mean(group_of_unit: torch.Tensor, values: torch.Tensor, n_groups: int) -> torch.Tensor:
+    """``[G, 2]`` (sum, count) of per-unit ``values`` by group index (-1: no group)."""
+    out = torch.zeros(n_groups, 2, dtype=torch.float64, device=values.device)
+    valid = group_of_unit >= 0
+    idx = torch.where(valid, group_of_unit, torch.zeros_like(group_of_unit))
+    out[:, 0].index_add_(0, idx, values.double() * valid)
+    out[:, 1].index_add_(0, idx, valid.double())
+    return out

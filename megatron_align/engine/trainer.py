@@ -69,6 +69,9 @@ class Stage(abc.ABC):
         """The loss (and metrics) on ``data.eval``; None: no evaluation."""
         return None
 
+    def on_setup(self, trainer: "Trainer") -> None:
+        """After the policy, optimizer and resume: build frozen models (reference, reward) the stage needs."""
+
     def extra_counts(self, micro_batches) -> Dict[str, float]:
         """Stage-specific counts of this rank's share of a step (e.g. chosen-response tokens), summed over DP
         into :attr:`StepCounts.extra` before the first forward (for secondary loss terms of another unit)."""
@@ -166,6 +169,7 @@ class Trainer:
             self.stage.load_state_dict(state.get("stage", {}))
             self.consumed_tokens = int(state.get("consumed_tokens", 0))
             self.start_step = int(state["step"])
+        self.stage.on_setup(self)
         self._install_signal_handlers()
 
     def _install_signal_handlers(self) -> None:
@@ -258,6 +262,7 @@ class Trainer:
         t0 = time.perf_counter()
         mbs, inputs = self.micro_batches(self.data.train, global_ids)
         self.objective.begin_step(self.step_counts(mbs))
+        self.step_dataset, self.step_ids = self.data.train, list(global_ids)
         self.stage.prepare_step(self, mbs, inputs)
         self.optimizer.zero_grad()
         totals = self.policy.run(inputs, self.objective)
@@ -291,8 +296,10 @@ class Trainer:
         from megatron_align.engine.objective import combine_reports
 
         for start in range(0, n, step):
-            mbs, inputs = self.micro_batches(self.data.eval, list(range(start, min(n, start + step))))
+            ids = list(range(start, min(n, start + step)))
+            mbs, inputs = self.micro_batches(self.data.eval, ids)
             self.eval_obj.begin_step(self.step_counts(mbs))
+            self.step_dataset, self.step_ids = self.data.eval, ids
             self.stage.prepare_step(self, mbs, inputs)
             totals = self.policy.run(inputs, self.eval_obj, forward_only=True)
             acc = combine_reports(self.eval_obj, [acc, totals]) if acc else totals

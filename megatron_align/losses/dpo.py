@@ -31,7 +31,8 @@ import torch
 import torch.nn.functional as F
 
 from megatron_align.engine.inputs import ModelInputs
-from megatron_align.engine.objective import MetricSpec, Objective, ObjectiveOutput, Unit, empty_output, neutral
+from megatron_align.engine.objective import (MetricSpec, Objective, ObjectiveOutput, Unit, grouped_mean,
+                                             mean_metric)
 
 LOSS_TYPES = ("dpo", "ipo", "simpo", "orpo", "kto", "rpo")
 REFERENCE_FREE = ("simpo", "orpo")
@@ -156,8 +157,7 @@ class PreferenceObjective(Objective):
         docs = inputs.docs
         dev = output.device
         if docs is None or docs.num_units == 0:
-            return ObjectiveOutput(empty_output(output), torch.zeros((), device=dev),
-                                   {k: neutral(s, dev) for k, s in self.metric_specs.items()})
+            return self.nothing(output)
         logp, n = doc_logps(inputs, output)
         ref = docs.values.get("ref_logp") if self.needs_reference else None
         (lc, lr), (nc, nr) = split_pairs(docs, logp), split_pairs(docs, n)
@@ -167,14 +167,14 @@ class PreferenceObjective(Objective):
         per_pair = self.pair_loss(c, r, self.cfg)
         loss_sum = per_pair.sum()
         n_units = float(docs.num_units)
-        metrics = {"pair_loss": _ms(per_pair.detach().sum(), n_units)}
+        metrics = {"pair_loss": mean_metric(per_pair.detach().sum(), n_units)}
         if self.cfg.loss_type in ("rpo", "orpo"):
             nll_sum, nll_tokens_key = self._nll(inputs, output, c)
             weight = self.cfg.rpo_alpha if self.cfg.loss_type == "rpo" else 1.0
             n_tokens = max(self.counts.extra[nll_tokens_key], 1.0)
             loss_sum = loss_sum + weight * nll_sum * self.counts.units / n_tokens
             local_tokens = self._local_tokens
-            metrics["nll_loss"] = _ms(nll_sum.detach(), local_tokens)
+            metrics["nll_loss"] = mean_metric(nll_sum.detach(), local_tokens)
         with torch.no_grad():
             beta = self.cfg.beta
             if ref is not None:
@@ -183,11 +183,11 @@ class PreferenceObjective(Objective):
                 wc, wr = beta * c.logp / c.n, beta * r.logp / r.n
             correct = (wc > wr).double()
             metrics.update({
-                "rewards/chosen": _ms(wc.sum(), n_units), "rewards/rejected": _ms(wr.sum(), n_units),
-                "rewards/accuracies": _ms(correct.sum(), n_units), "rewards/margins": _ms((wc - wr).sum(), n_units),
-                "logps/chosen": _ms(c.logp.sum(), n_units), "logps/rejected": _ms(r.logp.sum(), n_units)})
+                "rewards/chosen": mean_metric(wc.sum(), n_units), "rewards/rejected": mean_metric(wr.sum(), n_units),
+                "rewards/accuracies": mean_metric(correct.sum(), n_units), "rewards/margins": mean_metric((wc - wr).sum(), n_units),
+                "logps/chosen": mean_metric(c.logp.sum(), n_units), "logps/rejected": mean_metric(r.logp.sum(), n_units)})
             if self.categories:
-                metrics["rewards/accuracies/"] = _grouped(docs.unit_groups["category"], correct, len(self.categories))
+                metrics["rewards/accuracies/"] = grouped_mean(docs.unit_groups["category"], correct, len(self.categories))
         return ObjectiveOutput(loss_sum, torch.tensor(docs.num_units, device=dev), metrics)
 
     def _nll(self, inputs, output, c: Side):
@@ -204,15 +204,37 @@ class PreferenceObjective(Objective):
         return -sums.sum(), key
 
 
-def _ms(total: torch.Tensor, count) -> torch.Tensor:
-    count = torch.as_tensor(count, dtype=torch.float64, device=total.device)
-    return torch.stack([total.double().reshape(()), count.reshape(())])
 
+class KTOObjective(Objective):
+    """KTO (unit: example). Per example with log-ratio r = l − R (summed over the completion):
+    desirable λ_D (1 − σ(β(r − z0))), undesirable λ_U (1 − σ(β(z0 − r))); z0 = max(0, mean over the global batch
+    of the mismatched (prompt, completion) log-ratios), detached, set by the stage before the step."""
 
-def _grouped(group_of_unit: torch.Tensor, values: torch.Tensor, n_groups: int) -> torch.Tensor:
-    out = torch.zeros(n_groups, 2, dtype=torch.float64, device=values.device)
-    valid = group_of_unit >= 0
-    idx = torch.where(valid, group_of_unit, torch.zeros_like(group_of_unit))
-    out[:, 0].index_add_(0, idx, values * valid)
-    out[:, 1].index_add_(0, idx, valid.double())
-    return out
+    unit = Unit.SEQUENCE
+
+    def __init__(self, cfg, categories: Sequence[str] = ()) -> None:
+        self.cfg = cfg
+        self.z0 = 0.0
+        self.categories = tuple(categories)
+        self.metric_specs = {k: MetricSpec("mean") for k in (
+            "kl", "rewards/chosen", "rewards/rejected", "logps/chosen", "logps/rejected")}
+
+    def __call__(self, inputs: ModelInputs, output: torch.Tensor) -> ObjectiveOutput:
+        docs = inputs.docs
+        dev = output.device
+        if docs is None or docs.num_units == 0:
+            return self.nothing(output)
+        logp, _ = doc_logps(inputs, output)
+        r = logp - docs.values["ref_logp"].double()
+        desirable = docs.values["label"] > 0.5
+        beta, z0 = self.cfg.beta, float(self.z0)
+        loss = torch.where(desirable, self.cfg.kto_desirable_weight * (1 - torch.sigmoid(beta * (r - z0))),
+                           self.cfg.kto_undesirable_weight * (1 - torch.sigmoid(beta * (z0 - r))))
+        n = float(r.numel())
+        with torch.no_grad():
+            d, u = desirable.double(), (~desirable).double()
+            metrics = {"kl": mean_metric(torch.tensor(z0 * n, device=dev), n),
+                       "rewards/chosen": mean_metric((beta * r * d).sum(), d.sum()),
+                       "rewards/rejected": mean_metric((beta * r * u).sum(), u.sum()),
+                       "logps/chosen": mean_metric((logp * d).sum(), d.sum()), "logps/rejected": mean_metric((logp * u).sum(), u.sum())}
+        return ObjectiveOutput(loss.sum(), torch.tensor(r.numel(), device=dev), metrics)

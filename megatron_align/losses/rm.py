@@ -17,7 +17,8 @@ import torch
 import torch.nn.functional as F
 
 from megatron_align.engine.inputs import ModelInputs
-from megatron_align.engine.objective import MetricSpec, Objective, ObjectiveOutput, Unit, empty_output
+from megatron_align.engine.objective import (MetricSpec, Objective, ObjectiveOutput, Unit, grouped_mean,
+                                             mean_metric)
 
 
 def pair_rewards(inputs: ModelInputs, values: torch.Tensor):
@@ -50,7 +51,7 @@ class BradleyTerryMSE(Objective):
         docs = inputs.docs
         dev = output.device
         if docs is None or docs.num_units == 0:
-            return ObjectiveOutput(empty_output(output), torch.zeros((), device=dev), self._empty(dev))
+            return self.nothing(output)
         r, rc, rr = pair_rewards(inputs, output)
         bt = -F.logsigmoid(rc - rr)
         score = docs.values["score"].to(r.dtype)
@@ -62,31 +63,11 @@ class BradleyTerryMSE(Objective):
         with torch.no_grad():
             correct = (rc > rr).double()
             metrics = {
-                "bt_loss": _ms(bt.sum(), n), "mse": _ms(se.sum(), has.sum()), "accuracy": _ms(correct.sum(), n),
-                "margin": _ms((rc - rr).sum(), n), "reward_mean": _ms(r.sum(), d), "reward_sq": _ms((r * r).sum(), d),
+                "bt_loss": mean_metric(bt.sum(), n), "mse": mean_metric(se.sum(), has.sum()), "accuracy": mean_metric(correct.sum(), n),
+                "margin": mean_metric((rc - rr).sum(), n), "reward_mean": mean_metric(r.sum(), d), "reward_sq": mean_metric((r * r).sum(), d),
                 "reward_max": r.max().double(), "reward_min": r.min().double(),
             }
             for name, labels in self.groups.items():
                 prefix = "" if name == "category" else f"{name}="
-                metrics[f"accuracy/{prefix}"] = _grouped(docs.unit_groups[name], correct, len(labels))
+                metrics[f"accuracy/{prefix}"] = grouped_mean(docs.unit_groups[name], correct, len(labels))
         return ObjectiveOutput(loss_sum, torch.tensor(docs.num_units, device=dev), metrics)
-
-    def _empty(self, dev) -> Dict[str, torch.Tensor]:
-        from megatron_align.engine.objective import neutral
-
-        return {k: neutral(spec, dev) for k, spec in self.metric_specs.items()}
-
-
-def _ms(total: torch.Tensor, count) -> torch.Tensor:
-    """[sum, count] of a mean metric, fp64 on the device of ``total``."""
-    count = torch.as_tensor(count, dtype=torch.float64, device=total.device)
-    return torch.stack([total.double().reshape(()), count.reshape(())])
-
-
-def _grouped(group_of_unit: torch.Tensor, values: torch.Tensor, n_groups: int) -> torch.Tensor:
-    out = torch.zeros(n_groups, 2, dtype=torch.float64, device=values.device)
-    valid = group_of_unit >= 0
-    idx = torch.where(valid, group_of_unit, torch.zeros_like(group_of_unit))
-    out[:, 0].index_add_(0, idx, values * valid)
-    out[:, 1].index_add_(0, idx, valid.double())
-    return out

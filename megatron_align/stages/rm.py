@@ -54,19 +54,10 @@ class RMStage(Stage):
     value_keys = ("score", "alpha")
 
     def build_data(self, arch) -> StageData:
-        from megatron_align.data.templates import build_template, resolve_template_name
-        from megatron_align.data.tokenizer import load_tokenizer
+        from megatron_align.data.builder import tokenizer_and_template
 
         cfg = self.cfg
-        cfg.data.validate()
-        tok = load_tokenizer(cfg.data.tokenizer)
-        try:
-            name = resolve_template_name(cfg.data.template, arch.family)
-        except ValueError as exc:
-            from megatron_align.config.base import ConfigError
-
-            raise ConfigError(f"data.template: {exc}") from None
-        template = build_template(name, tok, cfg.data.system_prompt)
+        tok, template = tokenizer_and_template(cfg.data, arch.family)
         train = open_pairs(cfg.data.path, cfg.data, template, arch.vocab_size)
         evalds = open_pairs(cfg.data.eval_path, cfg.data, template, arch.vocab_size) if cfg.data.eval_path else None
         normalize_scores([train, evalds], cfg.rm.score_normalization, cfg.rm.score_range)

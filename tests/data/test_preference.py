@@ -144,3 +144,22 @@ def test_rm_config_errors():
         load_config(RMConfig, None, ["rm.score_normalization=range"])
     with pytest.raises(ConfigError, match="rm.mse_alpha.x"):
         load_config(RMConfig, None, ["rm.mse_alpha.x=-1"])
+
+
+def test_unpaired_kto_examples_and_mismatched_documents(tmp_path, tok, tmpl):
+    from megatron_align.data.preference import UnpairedDataset
+
+    recs = [{"prompt": "Name a fruit.", "completion": "apple", "label": True},
+            {"prompt_ids": [5, 6], "completion_ids": [7, 8, 9], "label": False},
+            {"prompt": [{"role": "user", "content": "Name a color."}],
+             "completion": [{"role": "assistant", "content": "tiger"}], "label": False, "category": "color"}]
+    ds = UnpairedDataset(_write(tmp_path, recs), tmpl)
+    d0, d1, d2 = (u.docs[0] for u in ds.get_units(range(3)))
+    assert _response_text(tok, d0) == "apple<|eot_id|>" and d0.values["label"] == 1.0 and d2.values["label"] == 0.0
+    assert d1.input_ids.tolist() == [5, 6, 7, 8, 9] and d1.target_mask.tolist() == [0, 0, 1, 1, 1]
+    kl = ds.mismatched([0, 1, 2])  # example k's prompt + example k-1's completion (TRL's rotation)
+    assert kl[1].input_ids.tolist() == [5, 6] + d0.input_ids[int(d0.values["prompt_len"]):].tolist()
+    assert _response_text(tok, kl[0]) == "tiger<|eot_id|>" and kl[0].input_ids[0] == d0.input_ids[0]
+    bad = _write(tmp_path, [{"prompt": "q", "completion": "a", "label": "yes"}], "bad.jsonl")
+    with pytest.raises(DataError, match="bad.jsonl:1: 'label' must be true or false"):
+        UnpairedDataset(bad, tmpl)

@@ -6,7 +6,8 @@ import os
 from typing import List
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-CONFIGS = {"rm": os.path.join(ROOT, "examples", "configs", "rm_tiny_cpu.yaml")}
+CONFIGS = {"rm": os.path.join(ROOT, "examples", "configs", "rm_tiny_cpu.yaml"),
+           "dpo": os.path.join(ROOT, "examples", "configs", "dpo_tiny_cpu.yaml")}
 TINY = os.path.join(ROOT, "megatron_align", "assets", "tiny")
 
 # Small and quick: 2 layers, short rows, few pairs per step.
@@ -23,13 +24,19 @@ def stage(name: str, overrides: List[str]):
         from megatron_align.stages.rm import run_rm
 
         return run_rm(load_config(RMConfig, CONFIGS["rm"], BASE + list(overrides)))
+    if name == "dpo":
+        from megatron_align.config.dpo import DPOConfig
+        from megatron_align.stages.dpo import precompute_reference, run_dpo
+
+        cfg = load_config(DPOConfig, CONFIGS["dpo"], BASE + [o for o in overrides if o != "--precompute-reference"])
+        return precompute_reference(cfg) if "--precompute-reference" in overrides else run_dpo(cfg)
     raise KeyError(name)
 
 
 def first_step(name: str, overrides: List[str]):
-    """One optimizer step: the loss over the global batch and the norm of its gradient."""
-    out = stage(name, list(overrides) + ["train.max_steps=1"])
-    return {"loss": out["loss"], "grad_norm": out["grad_norm"]}
+    """One optimizer step: the loss over the global batch, the norm of its gradient, the reported metrics."""
+    out = stage(name, list(overrides) + ["train.max_steps=1", "train.log_interval=1"])
+    return {k: v for k, v in out.items() if isinstance(v, (int, float))}
 
 
 def cli(argv: List[str]) -> int:

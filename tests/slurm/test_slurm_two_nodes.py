@@ -39,8 +39,12 @@ TAG = uuid.uuid4().hex[:6]
 # (stage, tiny config, stage-specific overrides): adding a stage to the two-node checks is one entry here. The
 # stage takes train.max_steps / parallel.tp overrides and writes <output_dir>/metrics.jsonl (step, loss) and
 # step_XXXXXXXX/ + latest checkpoints, as sft does (docs/slurm.md, "Trainer contract").
+_PAIRS = os.path.join(REPO, "megatron_align", "assets", "tiny", "pairs_{}.jsonl")
 STAGES = [
     pytest.param("sft", TINY_CONFIG, ["output.tensorboard=false"], id="sft"),
+    pytest.param("rm", os.path.join(REPO, "examples", "configs", "rm_tiny_cpu.yaml"),
+                 ["output.tensorboard=false", f"data.path={_PAIRS.format('train')}",
+                  f"data.eval_path={_PAIRS.format('eval')}", "train.eval_interval=0"], id="rm"),
 ]
 # Two ranks: tensor parallel across the two nodes, or data parallel across them.
 LAYOUTS = {"tp2": ["parallel.tp=2"], "dp2": ["parallel.tp=1"]}
