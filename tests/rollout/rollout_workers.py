@@ -36,6 +36,21 @@ def build(tp: int, pp: int, workdir: str, save: bool, sp: bool = False, seed: in
 
 
 @torch.no_grad()
+def teacher_forced_log_probs(model, prompt: List[int], completion: List[int]) -> List[float]:
+    """log p(completion[i] | prompt + completion[:i]) from one full forward (float64 softmax)."""
+    from megatron.core.tensor_parallel.mappings import gather_from_tensor_model_parallel_region
+
+    from megatron_align.rollout.megatron_engine import generation_mode
+
+    seq = list(prompt) + list(completion)
+    x = torch.tensor([seq])
+    with generation_mode(model):  # any length: sequence parallelism off
+        logits = gather_from_tensor_model_parallel_region(model(x, torch.arange(len(seq))[None], None))[0].double()
+    lp = torch.log_softmax(logits[len(prompt) - 1: len(seq) - 1], -1)
+    return lp.gather(1, torch.tensor(completion)[:, None])[:, 0].tolist()
+
+
+@torch.no_grad()
 def full_forward_greedy(model, prompts: List[List[int]], max_new: int):
     """Step-by-step argmax with no KV cache: each step runs the whole prefix (TP-gathered logits).
     Returns tokens and the log-prob of each chosen token."""
@@ -61,7 +76,7 @@ def full_forward_greedy(model, prompts: List[List[int]], max_new: int):
 
 
 def run_generate(tp: int, pp: int, workdir: str, save: bool, max_new: int = 12, sp: bool = False,
-                 reference: bool = True):
+                 reference: bool = True, sampling: bool = False):
     from megatron_align.rollout import SamplingParams
     from megatron_align.rollout.megatron_engine import MegatronGenerationEngine
 
@@ -75,4 +90,30 @@ def run_generate(tp: int, pp: int, workdir: str, save: bool, max_new: int = 12, 
            "sp_after": bool(model.config.sequence_parallel)}
     if reference and pp == 1:
         out["ref_tokens"], out["ref_log_probs"] = full_forward_greedy(model, prompts, max_new)
+    if sampling:
+        out["sampling"] = sampling_and_stop(model, built.arch.vocab_size, prompts)
     return out
+
+
+def sampling_and_stop(model, vocab: int, prompts, max_new: int = 10):
+    """Seeded sampling reproducibility, log-probs of sampled tokens vs the full forward, stop ids."""
+    from megatron_align.rollout import SamplingParams
+    from megatron_align.rollout.megatron_engine import MegatronGenerationEngine
+
+    engine = MegatronGenerationEngine(model, max_seq_length=SEQ, max_requests=4)  # fewer slots than prompts
+    sample = SamplingParams(temperature=0.9, top_k=0, max_new_tokens=max_new, seed=5)
+    a = engine.generate(prompts, sample)
+    b = engine.generate(prompts, sample)
+    c = engine.generate(prompts, SamplingParams(temperature=0.9, max_new_tokens=max_new, seed=6))
+    top_p = engine.generate(prompts, SamplingParams(temperature=1.0, top_p=0.9, max_new_tokens=max_new, seed=5))
+    greedy = engine.generate(prompts, SamplingParams(temperature=0.0, max_new_tokens=max_new))
+    # stop ids: the 4th greedy token of prompt 0 and the 3rd of prompt 2
+    stops = (greedy[0].token_ids[3], greedy[2].token_ids[2])
+    stopped = engine.generate(prompts, SamplingParams(temperature=0.0, max_new_tokens=max_new, stop_ids=stops))
+    tf = [teacher_forced_log_probs(model, p, g.token_ids) for p, g in zip(prompts, a)]
+    return {"a": [g.token_ids for g in a], "b": [g.token_ids for g in b], "c": [g.token_ids for g in c],
+            "a_lp": [g.log_probs for g in a], "tf_lp": tf, "top_p": [g.token_ids for g in top_p],
+            "greedy": [g.token_ids for g in greedy], "stops": list(stops),
+            "stopped": [g.token_ids for g in stopped], "stopped_lp": [g.log_probs for g in stopped],
+            "greedy_lp": [g.log_probs for g in greedy],
+            "stopped_finish": [g.finish_reason.value for g in stopped], "vocab": vocab}
