@@ -92,6 +92,9 @@ def run_generate(tp: int, pp: int, workdir: str, save: bool, max_new: int = 12, 
         out["ref_tokens"], out["ref_log_probs"] = full_forward_greedy(model, prompts, max_new)
     if sampling:
         out["sampling"] = sampling_and_stop(model, built.arch.vocab_size, prompts)
+    if save:  # the single-process weights by name, for the refit test
+        torch.save({k: v.detach().clone() for k, v in model.state_dict().items() if "_extra_state" not in k},
+                   os.path.join(workdir, "full_state.pt"))
     return out
 
 
@@ -117,3 +120,46 @@ def sampling_and_stop(model, vocab: int, prompts, max_new: int = 10):
             "stopped": [g.token_ids for g in stopped], "stopped_lp": [g.log_probs for g in stopped],
             "greedy_lp": [g.log_probs for g in greedy],
             "stopped_finish": [g.finish_reason.value for g in stopped], "vocab": vocab}
+
+
+def run_refit(tp: int, workdir: str, max_new: int = 12):
+    """A TP=tp policy (loaded from the shared weights) refits a TP=1 replica on the same ranks."""
+    from megatron.core.tensor_parallel.mappings import gather_from_tensor_model_parallel_region
+
+    from megatron_align.config import ModelConfig
+    from megatron_align.rollout import SamplingParams
+    from megatron_align.rollout.megatron_engine import MegatronGenerationEngine, generation_mode
+    from megatron_align.rollout.refit import Refitter, build_replica
+
+    built = build(tp, 1, workdir, False)
+    policy = built.chunks[0]
+    replica = build_replica(ModelConfig(name=MODEL, precision="fp32"), built, tp=1)
+    refitter = Refitter(built.chunks, replica)
+    first = refitter.refit()
+    full = torch.load(os.path.join(workdir, "full_state.pt"))
+    got = {k: v for k, v in replica.state_dict().items() if "_extra_state" not in k}
+    out = {"missing": sorted(set(full) ^ set(got)),
+           "max_diff_1": max((got[k] - full[k]).abs().max().item() for k in full if k in got),
+           "first_s": first.seconds}
+    prompts = make_prompts(built.arch.vocab_size)
+    greedy = SamplingParams(temperature=0.0, max_new_tokens=max_new)
+    engine_r = MegatronGenerationEngine(replica, max_seq_length=SEQ, pg_collection=replica.pg_collection)
+    out["tokens_1"] = [g.token_ids for g in engine_r.generate(prompts, greedy)]
+    # an "optimizer step" on the policy (same perturbation on every rank), then refit with the cached plan
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for name, p in sorted(policy.named_parameters()):
+            p.add_(0.02 * torch.randn(p.shape, generator=g))
+    second = refitter.refit()
+    out["second_s"] = second.seconds
+    x = torch.tensor([prompts[3] + prompts[1]])
+    pos = torch.arange(x.shape[1])[None]
+    with torch.no_grad(), generation_mode(policy), generation_mode(replica):
+        lp = gather_from_tensor_model_parallel_region(policy(x, pos, None))
+        lr = replica(x, pos, None)
+    out["logit_diff_2"] = (lp - lr).abs().max().item()
+    out["logit_scale"] = lp.abs().max().item()
+    engine_p = MegatronGenerationEngine(policy, max_seq_length=SEQ)
+    out["tokens_2_policy"] = [g.token_ids for g in engine_p.generate(prompts, greedy)]
+    out["tokens_2_replica"] = [g.token_ids for g in engine_r.generate(prompts, greedy)]
+    return out

@@ -17,19 +17,12 @@ pytestmark = [pytest.mark.distributed]
 LP_TOL = 1e-5
 
 
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory):
-    workdir = str(tmp_path_factory.mktemp("gen"))
-    (res,) = run_distributed(run_generate, 1, 1, 1, workdir, True, 12, False, True, True)
-    return workdir, res
-
-
 def _close(a, b, tol=LP_TOL):
     return max(abs(x - y) for u, v in zip(a, b) for x, y in zip(u, v)) <= tol
 
 
-def test_greedy_equals_full_forward_tp1(reference):
-    _, r = reference
+def test_greedy_equals_full_forward_tp1(gen_reference):
+    _, r = gen_reference
     assert r["tokens"] == r["ref_tokens"]
     assert _close(r["log_probs"], r["ref_log_probs"])
     assert r["finish"] == ["length"] * len(r["tokens"])
@@ -39,8 +32,8 @@ def test_greedy_equals_full_forward_tp1(reference):
 
 
 @pytest.mark.parametrize("tp,pp,sp", [(2, 1, True), (1, 2, False)], ids=["tp2_sp", "pp2"])
-def test_greedy_parallel_equals_single_process(reference, tp, pp, sp):
-    workdir, r = reference
+def test_greedy_parallel_equals_single_process(gen_reference, tp, pp, sp):
+    workdir, r = gen_reference
     results = run_distributed(run_generate, tp * pp, tp, pp, workdir, False, 12, sp, False, tp > 1)
     for res in results:  # every rank returns the same completions
         assert res["tokens"] == r["ref_tokens"]
@@ -74,5 +67,5 @@ def _check_sampling(res):
     assert len(res["stopped"][0]) == 4, "the first stop id ends prompt 0 after its 4th token"
 
 
-def test_sampling_seed_and_stop_tp1(reference):
-    _check_sampling(reference[1]["sampling"])
+def test_sampling_seed_and_stop_tp1(gen_reference):
+    _check_sampling(gen_reference[1]["sampling"])
