@@ -5,4 +5,11 @@
 ``megatron_align.rollout.refit``: in-memory weight refit into a differently laid-out replica.
 """
 
-from megatron_align.rollout.engine import FinishReason, Generation, GenerationEngine, SamplingParams  # noqa: F401
+from megatron_align.rollout.engine import (  # noqa: F401
+    FinishReason,
+    Generation,
+    GenerationEngine,
+    PromptScreen,
+    SamplingParams,
+    screen_prompts,
+)

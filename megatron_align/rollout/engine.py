@@ -85,3 +85,30 @@ def truncate_at_stop(token_ids: List[int], log_probs: List[float], stop_ids: Seq
             return Generation(list(token_ids[: i + 1]), list(log_probs[: i + 1]), FinishReason.STOP)
     n = min(len(token_ids), max_new_tokens)
     return Generation(list(token_ids[:n]), list(log_probs[:n]), FinishReason.LENGTH)
+
+
+@dataclass
+class PromptScreen:
+    """Which prompts can be generated from: ``kept`` indices, and how many were skipped and why."""
+
+    kept: List[int]
+    empty: int = 0
+    too_long: int = 0
+
+    @property
+    def skipped(self) -> int:
+        return self.empty + self.too_long
+
+
+def screen_prompts(prompts: Sequence[Sequence[int]], max_prompt_length: int) -> PromptScreen:
+    """Skip (and count) empty prompts and prompts longer than ``max_prompt_length`` tokens, before any
+    rollout; an engine raises on either."""
+    screen = PromptScreen(kept=[])
+    for i, p in enumerate(prompts):
+        if len(p) == 0:
+            screen.empty += 1
+        elif len(p) > max_prompt_length:
+            screen.too_long += 1
+        else:
+            screen.kept.append(i)
+    return screen
