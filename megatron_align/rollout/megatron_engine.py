@@ -24,6 +24,17 @@ from megatron_align.rollout.engine import Generation, SamplingParams, truncate_a
 from megatron_align.rollout.tokenizer import IdsOnlyTokenizer
 
 
+def _has_flash_attn() -> bool:
+    try:
+        import flash_attn  # noqa: F401
+    except ImportError:
+        try:
+            import flash_attn_3  # noqa: F401
+        except ImportError:
+            return False
+    return True
+
+
 def unwrap_model(model) -> torch.nn.Module:
     """This rank's single model chunk, without DDP/Float16 wrappers."""
     if isinstance(model, (list, tuple)):
@@ -68,10 +79,16 @@ class MegatronGenerationEngine:
 
     def __init__(self, model, *, max_seq_length: int, max_requests: int = 16, buffer_size_gb: float = 0.05,
                  block_size_tokens: int = 64, tokenizer=None, pg_collection=None, seed: int = 1234) -> None:
-        if not torch.cuda.is_available():
-            from megatron_align.runtime import cpu_backend
+        from megatron_align.runtime import cpu_backend
 
+        if not torch.cuda.is_available():
             cpu_backend.install_inference()
+        elif not _has_flash_attn():
+            cpu_backend.install_paged_attention_fallback()
+        try:
+            import einops  # noqa: F401 - megatron-core's inference uses it but lists it only in its dev extras
+        except ImportError:
+            raise ImportError("megatron-core's inference engine needs einops: pip install einops") from None
         from megatron.core.inference.contexts.dynamic_context import DynamicInferenceContext
         from megatron.core.inference.engines.dynamic_engine import DynamicInferenceEngine
         from megatron.core.inference.model_inference_wrappers.gpt.gpt_inference_wrapper import GPTInferenceWrapper

@@ -320,6 +320,12 @@ def _inference_paged_attention_0_16() -> None:
     attention.Attention.flash_decode_and_prefill = paged_attention_cpu
 
 
+def install_paged_attention_fallback() -> None:
+    """On a GPU without flash-attn (e.g. a bare CUDA torch install): the same torch paged attention.
+    Slower than flash-attn's kernels, same math; megatron-core 0.16.1."""
+    _inference_paged_attention_0_16()
+
+
 INFERENCE_SHIMS = (
     _inference_events_0_16,
     _inference_pin_memory_0_16,
