@@ -56,6 +56,8 @@ def _flex(q, k, v, doc_ids, dropout_p, scale):
 
     if dropout_p:
         raise ValueError("model.attention_backend=flex does not support attention dropout")
+    if doc_ids is None and q.shape[2] != k.shape[2]:  # new tokens against a KV cache: bottom-right causal
+        return _sdpa(q, k, v, None, 0.0, scale)
     b, _, s, _ = q.shape
     if doc_ids is None:
         def mask_mod(bi, h, qi, ki):

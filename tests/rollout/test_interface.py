@@ -56,3 +56,21 @@ def test_megatron_engine_parameter_mapping():
     assert (s.top_k, s.temperature, s.top_p, s.termination_id, s.return_log_probs) == (0, 0.7, 0.9, -1, True)
     with pytest.raises(ValueError, match="top_k and top_p cannot be combined"):
         to_m(None, SamplingParams(top_k=20, top_p=0.9))
+
+
+@pytest.mark.parametrize("backend", ["sdpa", "flex"])
+def test_attention_with_fewer_queries_than_keys_is_bottom_right_causal(backend):
+    """New tokens against a KV cache: query i sits at position sk - sq + i (float64 reference: the last
+    rows of full causal attention). torch's is_causal would align top-left."""
+    import torch
+    import torch.nn.functional as F
+
+    from megatron_align.models.attention import ATTENTION_KERNELS
+
+    g = torch.Generator().manual_seed(0)
+    k, v = (torch.randn(2, 2, 7, 8, generator=g, dtype=torch.float64) for _ in range(2))
+    q_full = torch.randn(2, 4, 7, 8, generator=g, dtype=torch.float64)
+    want = F.scaled_dot_product_attention(q_full, k.repeat_interleave(2, 1), v.repeat_interleave(2, 1),
+                                          is_causal=True)[:, :, 4:]
+    got = ATTENTION_KERNELS[backend](q_full[:, :, 4:], k, v, None, 0.0, 8 ** -0.5)
+    assert (got - want).abs().max() < 1e-12
