@@ -33,6 +33,13 @@ def document_causal_mask(doc_ids: torch.Tensor) -> torch.Tensor:
 
 def _sdpa(q, k, v, doc_ids, dropout_p, scale):
     # q [b, np, s, hn], k/v [b, ng, s, hn]
+    if doc_ids is None and q.shape[2] != k.shape[2]:
+        # q shorter than k (new tokens against a KV cache): causal aligned bottom-right, query i is
+        # position sk - sq + i. torch's is_causal aligns top-left, which would hide all but key 0.
+        sq, sk = q.shape[2], k.shape[2]
+        mask = torch.ones(sq, sk, dtype=torch.bool, device=q.device).tril(diagonal=sk - sq)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, scale=scale,
+                                              enable_gqa=q.shape[1] != k.shape[1])
     if doc_ids is None:
         return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True, scale=scale,
                                               enable_gqa=q.shape[1] != k.shape[1])
@@ -49,6 +56,8 @@ def _flex(q, k, v, doc_ids, dropout_p, scale):
 
     if dropout_p:
         raise ValueError("model.attention_backend=flex does not support attention dropout")
+    if doc_ids is None and q.shape[2] != k.shape[2]:  # new tokens against a KV cache: bottom-right causal
+        return _sdpa(q, k, v, None, 0.0, scale)
     b, _, s, _ = q.shape
     if doc_ids is None:
         def mask_mod(bi, h, qi, ki):

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from megatron.core import parallel_state
 from megatron.core.models.gpt import GPTModel
 from megatron.core.tensor_parallel.layers import ColumnParallelLinear
+from megatron.core.utils import get_pg_rank
 
 from megatron_align.models.arch import ArchSpec
 from megatron_align.models.rope import rope_freqs_from_positions, rope_inv_freq
@@ -42,7 +43,7 @@ class AlignOutputLayer(ColumnParallelLinear):
         if runtime_gather_output:
             from megatron.core.tensor_parallel.mappings import gather_from_tensor_model_parallel_region
 
-            logits = gather_from_tensor_model_parallel_region(logits)
+            logits = gather_from_tensor_model_parallel_region(logits, group=self.tp_group)
         return logits, bias
 
 
@@ -67,14 +68,20 @@ class AlignGPTModel(GPTModel):
             out.__class__ = AlignOutputLayer
             out.norm_head = arch.norm_head
             out.true_vocab_size = arch.vocab_size
-            out.vocab_start = parallel_state.get_tensor_model_parallel_rank() * out.output_size_per_partition
+            # From the layer's own TP group: a replica built with its own process groups (a refit target)
+            # is not described by parallel_state.
+            out.vocab_start = get_pg_rank(out.tp_group) * out.output_size_per_partition
 
     def _preprocess(self, input_ids, position_ids, decoder_input=None, inference_context=None,
                     packed_seq_params=None, padding_mask=None):
         out = list(super()._preprocess(input_ids, position_ids, decoder_input=decoder_input,
                                        inference_context=inference_context, packed_seq_params=packed_seq_params,
                                        padding_mask=padding_mask))
-        if packed_seq_params is None and position_ids is not None and out[1] is not None:
+        if inference_context is not None and out[1] is not None:
+            # Inference engines index the table by absolute position: one row per position, [s, 1, 1, d].
+            positions = torch.arange(out[1].shape[0], device=self.rope_inv_freq.device)[None]
+            out[1] = rope_freqs_from_positions(self.rope_inv_freq, positions)
+        elif packed_seq_params is None and position_ids is not None and out[1] is not None:
             out[1] = rope_freqs_from_positions(self.rope_inv_freq, position_ids)
         return tuple(out)
 

@@ -190,3 +190,160 @@ def _keep_cpu_tracker(orig):
 
     return initialize_rng_tracker
 
+
+
+# ---------------------------------------------------------------------------------------------------
+# Inference on CPU: megatron-core's dynamic inference engine (paged KV cache) over gloo.
+# Each shim names the megatron-core versions it was checked against; install_inference() applies them.
+# ---------------------------------------------------------------------------------------------------
+
+_INFERENCE_INSTALLED = False
+
+
+class CpuTimingEvent:
+    """``torch.cuda.Event`` stand-in that times with ``perf_counter`` (megatron-core 0.16.1:
+    ``TextGenerationController`` and ``DynamicInferenceEngine`` time their steps with CUDA events,
+    which are dummies without CUDA)."""
+
+    def __init__(self, enable_timing: bool = False, blocking: bool = False, interprocess: bool = False) -> None:
+        self.t: float = 0.0
+
+    def record(self, stream: Any = None) -> None:
+        import time
+
+        self.t = time.perf_counter()
+
+    def elapsed_time(self, end: "CpuTimingEvent") -> float:
+        return (end.t - self.t) * 1000.0  # milliseconds, as CUDA events report
+
+    def synchronize(self) -> None:
+        return None
+
+    def query(self) -> bool:
+        return True
+
+    def wait(self, stream: Any = None) -> None:
+        return None
+
+
+def _inference_events_0_16() -> None:
+    """megatron-core 0.16.1: CPU timing events in place of ``torch.cuda.Event``."""
+    torch.cuda.Event = CpuTimingEvent  # type: ignore[assignment,misc]
+
+
+class _DropPinMemoryMode(TorchFunctionMode):
+    """Drops ``pin_memory=True`` from torch calls: pinning needs a CUDA runtime."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if kwargs.get("pin_memory"):
+            kwargs = dict(kwargs, pin_memory=False)
+        return func(*args, **kwargs)
+
+
+def _inference_pin_memory_0_16() -> None:
+    """megatron-core 0.16.1: ``TextGenerationController._init_dynamic_sampling_tensors`` allocates
+    ``torch.empty_like(..., pin_memory=True)``."""
+    _DropPinMemoryMode().__enter__()  # stays active for the life of the process, like _CudaToCpuMode
+
+
+def _inference_nvtx_0_16() -> None:
+    """megatron-core 0.16.1: ``dynamic_engine`` imports ``range_push`` / ``range_pop`` from
+    ``torch.cuda.nvtx`` at module load; NVTX needs CUDA."""
+    from megatron.core.inference.engines import dynamic_engine
+
+    dynamic_engine.range_push = _noop()
+    dynamic_engine.range_pop = _noop()
+
+
+def _inference_memory_stats_0_16() -> None:
+    """megatron-core 0.16.1: ``torch.cuda.memory_stats()`` is ``{}`` without CUDA, but the engine
+    reads counters from it (CUDA-graph creation, suspend/resume)."""
+    from collections import defaultdict
+
+    torch.cuda.memory_stats = lambda *a, **k: defaultdict(int)  # type: ignore[assignment]
+
+
+def _inference_pipeline_comm_0_16() -> None:
+    """megatron-core 0.16.1 (to 0.19.2): ``communication_utils._is_cuda`` asserts ``tensor.is_cuda``
+    before the pipeline-stage send/recv/broadcast of generation; accept CPU tensors."""
+    from megatron.core.inference import communication_utils
+
+    def _is_cpu_or_cuda(tensor):
+        assert tensor is not None
+
+    communication_utils._is_cuda = _is_cpu_or_cuda
+
+
+def paged_attention_cpu(self, q, k, v, max_seqlen_q, max_seqlen_k, cu_seqlens_q, cu_seqlens_k, seqlens_k,
+                        block_table, is_decode_only):
+    """Torch replacement for ``Attention.flash_decode_and_prefill`` (flash-attn kernels on a paged
+    KV cache). ``q`` [T, 1, heads, d] (T query tokens of all requests, concatenated, padded at the end);
+    ``k``/``v`` [blocks, block_size, groups, d]; ``block_table`` [requests, max_blocks]; ``seqlens_k``
+    keys per request (cache + new). Each request's queries are the last ``len_q`` of its ``len_k``
+    positions: causal attention aligned bottom-right. Padding rows of ``q`` give zeros."""
+    from megatron_align.models.attention import ATTENTION_KERNELS
+
+    heads, d = q.shape[-2], q.shape[-1]
+    qf = q.reshape(-1, heads, d)
+    out = torch.zeros_like(qf)
+    scale = getattr(self, "softmax_scale", None) or d ** -0.5
+    block = k.shape[1]
+    cu_q = cu_seqlens_q.tolist()
+    lens_k = seqlens_k.tolist()
+    for r, len_k in enumerate(lens_k):
+        q0, q1 = cu_q[r], cu_q[r + 1]
+        if q1 == q0 or len_k == 0:
+            continue
+        blocks = block_table[r, : (len_k + block - 1) // block].long()
+        kr = k[blocks].reshape(-1, k.shape[-2], d)[:len_k]
+        vr = v[blocks].reshape(-1, v.shape[-2], d)[:len_k]
+        qr = qf[q0:q1]
+        o = ATTENTION_KERNELS["sdpa"](qr.transpose(0, 1)[None], kr.transpose(0, 1)[None], vr.transpose(0, 1)[None],
+                                      None, 0.0, scale)
+        out[q0:q1] = o[0].transpose(0, 1)
+    return out.unsqueeze(1)
+
+
+def _inference_paged_attention_0_16() -> None:
+    """megatron-core 0.16.1 (still in 0.19.2): the dynamic engine asserts flash-attn >= 2.7.3 in
+    ``Attention.forward`` and runs attention on the paged cache through flash-attn; on CPU the
+    version check passes and :func:`paged_attention_cpu` computes the same attention in torch."""
+    from megatron.core.transformer import attention
+
+    real_check = attention.is_fa_min_version
+
+    def is_fa_min_version(version, *args, **kwargs):
+        return True if version == "2.7.3" else real_check(version, *args, **kwargs)
+
+    attention.is_fa_min_version = is_fa_min_version
+    attention.Attention.flash_decode_and_prefill = paged_attention_cpu
+
+
+def install_paged_attention_fallback() -> None:
+    """On a GPU without flash-attn (e.g. a bare CUDA torch install): the same torch paged attention.
+    Slower than flash-attn's kernels, same math; megatron-core 0.16.1."""
+    _inference_paged_attention_0_16()
+
+
+INFERENCE_SHIMS = (
+    _inference_events_0_16,
+    _inference_pin_memory_0_16,
+    _inference_nvtx_0_16,
+    _inference_memory_stats_0_16,
+    _inference_pipeline_comm_0_16,
+    _inference_paged_attention_0_16,
+)
+
+
+def install_inference() -> None:
+    """Make megatron-core's dynamic inference engine run on the CPU (no-op with CUDA). Also installs
+    the training shims (:func:`install`). Sequence parallelism must be off during generation (the
+    engine wrapper in megatron_align.rollout turns it off and back on)."""
+    global _INFERENCE_INSTALLED
+    if _INFERENCE_INSTALLED or torch.cuda.is_available():
+        return
+    install()
+    for shim in INFERENCE_SHIMS:
+        shim()
+    _INFERENCE_INSTALLED = True
