@@ -43,6 +43,11 @@ class MeasureCase:
             " packed" if self.packed else "")
 
 
+# a transformer layer's submodules -> the planner's layer groups (layer_groups below)
+_SUBMODULE_GROUP = {"input_layernorm": "norms", "pre_mlp_layernorm": "norms", "self_attention": "attention",
+                    "mlp": "mlp"}
+
+
 class _ModuleTracker:
     """Which module is running: a stack pushed/popped by forward pre-/post-hooks."""
 
@@ -66,7 +71,10 @@ class _ModuleTracker:
             parts = name.split(".")
             if "layers" in parts:
                 i = parts.index("layers")
-                return f"layer{parts[i + 1]}" if i + 1 < len(parts) else "checkpoints"
+                if i + 1 >= len(parts):
+                    return "checkpoints"
+                sub = parts[i + 2] if i + 2 < len(parts) else ""
+                return f"layer{parts[i + 1]}.{_SUBMODULE_GROUP.get(sub, 'other')}"
             if parts[-1] in ("final_layernorm", "output_layer"):
                 return "head"
             if parts[0] == "embedding":
@@ -179,9 +187,11 @@ def measure_case(arch: ArchSpec, case: MeasureCase, seed: int = 0) -> Dict[str, 
     fwd_end = next(e.start_ns() for e in prof.profiler.kineto_results.events() if e.name() == _FORWARD_END)
     live, peak = live_and_peak(allocator_events(prof), fwd_end)
     layers = {g: v for g, v in saved.by_group.items() if g.startswith("layer")}
-    out = {g: v for g, v in saved.by_group.items() if not g.startswith("layer")}
+    out: Dict[str, object] = {g: v for g, v in saved.by_group.items() if not g.startswith("layer")}
     out["layers"] = sum(layers.values())
-    out["per_layer"] = layers
+    for g, v in layers.items():
+        key = "layers." + g.split(".", 1)[1]
+        out[key] = out.get(key, 0) + v
     out["saved_total"] = sum(saved.by_group.values())
     out["allocator_live_after_forward"] = live
     out["allocator_peak"] = peak
@@ -216,7 +226,14 @@ def predict_case(arch: ArchSpec, case: MeasureCase) -> Dict[str, float]:
         pred["layers"] = 0.0
     else:
         pred["layers"] = layers + mb.pop("attention_mask", 0.0) * tokens
-    pred["saved_total"] = sum(pred.values())
+        t = act.layer_terms(arch, tp, sp, opts, mask_s)
+        pred["layers.norms"] = (t["norm_inputs"] + t["norm_rstd"]) * L * tokens
+        pred["layers.attention"] = (t["linear_inputs"] / 2 + t["qkv_buffer"] + t["qk_rope"] + t["rope_cos_sin"]
+                                    + t["attention_out"] + t["attention_lse"] * (case.recompute == "none")
+                                    + t.get("attention_mask", 0.0)) * L * tokens
+        pred["layers.attention"] += pred["layers"] - layers  # the shared SDPA mask is saved in layer 0
+        pred["layers.mlp"] = (t["linear_inputs"] / 2 + t["swiglu"]) * L * tokens
+    pred["saved_total"] = sum(v for k, v in pred.items() if "." not in k)
     transient = act.recompute_transient(arch, L, tp, sp, case.recompute, case.k, opts, mask_s)
     working = (transient + act.layer_workspace(arch, tp, sp, opts)) * tokens
     last = act.last_stage_extra(arch, vocab, tp, sp, opts, tokens, b) * tokens
@@ -225,7 +242,8 @@ def predict_case(arch: ArchSpec, case: MeasureCase) -> Dict[str, float]:
     return pred
 
 
-ROWS = ("embedding", "layers", "checkpoints", "head", "loss", "saved_total", "allocator_peak")
+ROWS = ("embedding", "layers", "layers.norms", "layers.attention", "layers.mlp", "checkpoints", "head", "loss",
+        "saved_total", "allocator_peak")
 
 
 def format_comparison(label: str, predicted: Dict[str, float], measured: Dict[str, float]) -> str:
@@ -237,3 +255,33 @@ def format_comparison(label: str, predicted: Dict[str, float], measured: Dict[st
         err = f"{100 * (p - m) / m:+.1f}%" if m else "-"
         lines.append(f"  {row:<16}{p / 2**20:>15.3f}{m / 2**20:>15.3f}{err:>9}")
     return "\n".join(lines)
+
+
+def small_arch(arch: ArchSpec, hidden: int = 256, layers: int = 3, head_dim: int = 32, vocab: int = 4000,
+               tp: int = 1) -> ArchSpec:
+    """The same shape of model at a size this machine runs: hidden/head-dim, the GQA ratio, ffn/hidden kept."""
+    heads = max(hidden // head_dim, tp)
+    groups = max(round(heads * arch.num_query_groups / arch.num_attention_heads), tp)
+    while heads % groups:
+        groups += 1
+    ffn = max(64, round(arch.ffn_hidden_size / arch.hidden_size * hidden / 64) * 64)
+    return arch.replace(num_layers=layers, hidden_size=hidden, ffn_hidden_size=ffn, num_attention_heads=heads,
+                        num_query_groups=groups, head_dim=None, vocab_size=min(arch.vocab_size, vocab),
+                        max_position_embeddings=max(arch.max_position_embeddings, 8192))
+
+
+def max_errors(predicted: Dict[str, float], measured: Dict[str, object]) -> Dict[str, float]:
+    """Relative errors the tests bound: saved bytes (retained) and the allocator peak."""
+    return {key: abs(predicted[key] - float(measured[key])) / float(measured[key])
+            for key in ("saved_total", "allocator_peak")}
+
+
+def run_measure(arch: ArchSpec, cases: List[MeasureCase], seed: int = 0) -> List[Dict[str, object]]:
+    """Measure and predict each case on this rank (runtime initialised for the cases' TP)."""
+    out = []
+    for case in cases:
+        measured = measure_case(arch, case, seed)
+        predicted = predict_case(arch, case)
+        out.append({"case": case, "label": case.label(), "measured": measured, "predicted": predicted,
+                    "errors": max_errors(predicted, measured)})
+    return out
