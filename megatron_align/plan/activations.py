@@ -115,11 +115,18 @@ def microbatch_terms(arch: ArchSpec, tp: int, sp: bool, recompute: str, opts: Ac
     return terms
 
 
+def sp_buffers(arch: ArchSpec, sp: bool, opts: ActivationOptions) -> float:
+    """With sequence parallelism, one full-sequence [s, b, h] buffer lives next to everything else in
+    backward: the all-gathered input of a column-parallel linear for its weight gradient (or the
+    full-sequence input gradient before its reduce-scatter)."""
+    return float(opts.act_bytes * arch.hidden_size) if sp else 0.0
+
+
 def layer_workspace(arch: ArchSpec, tp: int, sp: bool, opts: ActivationOptions) -> float:
     """Bytes per token a layer's backward allocates on top of what is kept, at its largest (the MLP):
-    the layer-output gradient and the two f-wide gradients of the SwiGLU product."""
+    the layer-output gradient and the two f-wide gradients of the SwiGLU product (+ the SP buffers)."""
     tsp = tp if sp else 1
-    return opts.act_bytes * (arch.hidden_size / tsp + 2 * arch.ffn_hidden_size / tp)
+    return opts.act_bytes * (arch.hidden_size / tsp + 2 * arch.ffn_hidden_size / tp) + sp_buffers(arch, sp, opts)
 
 
 def checkpoint_bytes_per_token(arch: ArchSpec, tp: int, sp: bool, opts: ActivationOptions) -> float:
@@ -213,7 +220,7 @@ def last_stage_extra(arch: ArchSpec, padded_vocab: int, tp: int, sp: bool, opts:
         out_bwd = 0.0  # the chunks' gradients go straight into the input and weight gradients (provisional)
     else:
         out_bwd = opts.act_bytes * (v + h) + v * h * param_bytes / tokens
-    return head + max(loss_phase, out_bwd)
+    return head + max(loss_phase, out_bwd) + sp_buffers(arch, sp, opts)
 
 
 def inflight_microbatches(pp: int, pp_rank: int, vpp: int = 1, num_microbatches: int = 0) -> int:
