@@ -180,8 +180,9 @@ def _logit_bytes(opts: ActivationOptions) -> Tuple[float, float]:
     }[opts.loss_backend]
 
 
-# per-token loss buffers (labels, row statistics, per-token loss, masks)
-_LOSS_BUFFERS = {"fused": 29.0, "megatron": 11.0, "te": 16.0, "fused_linear": 29.0}  # fused, megatron: measured
+# per-token loss buffers (labels, row statistics, per-token loss, masks): fused and megatron measured on CPU,
+# te and fused_linear estimated (int64 labels and fp32 row statistics)
+_LOSS_BUFFERS = {"fused": 29.0, "megatron": 11.0, "te": 16.0, "fused_linear": 29.0}
 
 
 def output_terms(arch: ArchSpec, padded_vocab: int, tp: int, sp: bool, opts: ActivationOptions) -> Dict[str, float]:
@@ -197,8 +198,6 @@ def output_peak_terms(arch: ArchSpec, padded_vocab: int, tp: int, opts: Activati
     """Bytes per token allocated on top of what is kept while the loss runs forward or backward."""
     v = padded_vocab // tp
     _, extra = _logit_bytes(opts)
-    if opts.loss_backend == "megatron" and opts.act_bytes != FP32:
-        extra = max(extra, opts.act_bytes)  # forward: the β logits alive next to the fp32 copy
     if opts.loss_backend == "fused_linear":  # one fp32 [chunk, V/t] logits chunk and its gradient (provisional)
         chunk = min(opts.loss_chunk_size, tokens)
         return {"logits_chunks": 2 * chunk * v * FP32 / tokens}

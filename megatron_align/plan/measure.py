@@ -15,10 +15,9 @@ Run inside an initialised runtime (``setup_runtime``); :func:`measure_case` retu
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Dict, List, Optional
-
 import gc
+from dataclasses import dataclass
+from typing import Dict, List
 
 import torch
 

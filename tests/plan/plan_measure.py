@@ -1,5 +1,7 @@
-"""Spawned worker: build tiny models at several layouts, wrap them in megatron DDP, build megatron's
-(distributed) optimizer, take one step, and report what each rank really holds."""
+"""Spawned workers. ``measure``: build tiny models at several layouts, wrap them in megatron DDP, build
+megatron's (distributed) optimizer, take one step, and report what each rank really holds.
+``measure_activations``: one micro-batch per recompute mode through a small model, saved bytes and
+allocator peak next to the planner's prediction (:mod:`megatron_align.plan.measure`)."""
 
 from __future__ import annotations
 
