@@ -40,8 +40,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     s.add_argument("--no-distributed-optimizer", action="store_true", help="optimizer states not sharded over DP")
     s.add_argument("--num-microbatches", type=int, default=0, help="micro-batches per step (0: >= pipeline warm-up)")
     k = parser.add_argument_group("kernels")
-    k.add_argument("--loss-backend", choices=("fused", "megatron"), default="fused",
-                   help="fused CE (bf16 logits once, in-place backward) or megatron-core's (fp32 copies)")
+    k.add_argument("--loss-backend", choices=("fused", "megatron", "te", "fused_linear"), default="fused",
+                   help="model.loss_backend: fused CE (logits kept once, gradient in a second buffer), megatron-core's "
+                        "(fp32 softmax kept), te (gradient computed into the logits in forward), fused_linear "
+                        "(provisional: fp32 logits in chunks of --loss-chunk-size tokens, never the full logits)")
+    k.add_argument("--loss-chunk-size", type=int, default=4096, help="tokens per logits chunk of fused_linear")
+    k.add_argument("--attention", choices=("te", "flex", "sdpa"), default="te",
+                   help="attention for packed rows: te (THD, cu_seqlens: no mask), flex (a BlockMask per layer), "
+                        "sdpa (one [b,1,s,s] mask per micro-batch)")
     k.add_argument("--norm", choices=("fused", "local"), default="fused",
                    help="RMSNorm that keeps its input (TE) or our unfused torch one (fp32 copy + output)")
     k.add_argument("--fused-swiglu", action="store_true", help="SwiGLU keeps only its input (bias_swiglu fusion)")
@@ -50,6 +56,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="recompute modes to search (comma-separated: none,selective,full,kblock)")
     o.add_argument("--top", type=int, default=20, help="rows of the feasible-configuration table")
     o.add_argument("--json", action="store_true", help="print a machine-readable dict")
+    m = parser.add_argument_group("measure (check the activation model on this machine)")
+    m.add_argument("--measure", action="store_true",
+                   help="build the model at a small scale on CPU (TP = the launcher's world size, e.g. torchrun "
+                        "--nproc-per-node 2), run one micro-batch per --recompute mode and print predicted vs "
+                        "measured bytes per term (saved tensors, allocator peak)")
+    m.add_argument("--measure-hidden", type=int, default=256, help="hidden size of the measured model")
+    m.add_argument("--measure-layers", type=int, default=3, help="layers of the measured model")
+    m.add_argument("--measure-seq", type=int, default=512, help="sequence length of the measured micro-batch")
+    m.add_argument("--measure-k", type=int, default=2, help="k of the measured k-block recompute")
+    m.add_argument("--packed", action="store_true", help="measure packed rows (three documents, document mask)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -68,8 +84,11 @@ def run(args: argparse.Namespace) -> int:
         if args.seq_length < 2 or args.micro_batch_size < 1:
             raise ValueError("--seq-length must be >= 2 and --micro-batch-size >= 1")
         dtypes = Dtypes.for_precision(args.precision)
+        if args.measure:
+            return _measure(arch, args)
         opts = ActivationOptions(act_bytes=dtypes.activations, norm=args.norm, fused_swiglu=args.fused_swiglu,
-                                 fused_ce=args.loss_backend == "fused")
+                                 loss_backend=args.loss_backend, attention=args.attention,
+                                 loss_chunk_size=args.loss_chunk_size)
         work = Workload(seq_length=args.seq_length, micro_batch_size=args.micro_batch_size,
                         num_microbatches=args.num_microbatches, options=opts)
         space = SearchSpace(gpus_per_node=args.gpus_per_node, max_gpus=args.max_gpus,
@@ -83,4 +102,40 @@ def run(args: argparse.Namespace) -> int:
     rep = build_report(arch, args.hf_config or args.model, work, dtypes, space, args.gpu_memory, args.reserve,
                        result, top=args.top)
     print(json.dumps(rep, indent=2) if args.json else format_text(rep))
+    return 0
+
+
+def _measure(arch, args: argparse.Namespace) -> int:
+    """--measure: the activation model against a small build of the same architecture on this machine."""
+    from megatron_align.config import ParallelConfig
+    from megatron_align.plan.measure import MeasureCase, format_comparison, run_measure, small_arch
+    from megatron_align.runtime import detect_launch_env, setup_runtime
+
+    if args.loss_backend not in ("fused", "megatron"):
+        raise ValueError(f"--measure runs the loss backends that exist on CPU (fused, megatron), not {args.loss_backend}")
+    if args.attention == "te":
+        args.attention = "sdpa"  # the local spec on CPU
+    if args.attention != "sdpa":
+        raise ValueError("--measure runs on CPU: --attention sdpa (flex and TE need a GPU)")
+    from megatron_align.plan.memory import RECOMPUTE_MODES
+
+    bad = [m for m in args.recompute if m not in RECOMPUTE_MODES]
+    if bad:
+        raise ValueError(f"--recompute {bad[0]!r}: choose from {', '.join(RECOMPUTE_MODES)}")
+    tp = detect_launch_env().world_size
+    small = small_arch(arch, args.measure_hidden, args.measure_layers, tp=tp)
+    sp = tp > 1 and not args.no_sp
+    setup_runtime(ParallelConfig(tp=tp, sp=sp), seed=1)
+    cases = [MeasureCase(tp=tp, sp=sp, recompute=mode, k=args.measure_k, precision=args.precision,
+                         seq_length=args.measure_seq, loss_backend=args.loss_backend, packed=args.packed,
+                         attention_backend="sdpa") for mode in args.recompute]
+    results = run_measure(small, cases)
+    import torch.distributed as dist
+
+    if dist.get_rank() == 0:
+        print(f"{small.num_layers} layers, h={small.hidden_size}, ffn={small.ffn_hidden_size}, heads "
+              f"{small.num_attention_heads}/{small.num_query_groups}, vocab {small.vocab_size} "
+              f"(the shape of {args.hf_config or args.model}); local spec on CPU, rank 0 of TP={tp}")
+        for r in results:
+            print(format_comparison(r["label"], r["predicted"], r["measured"]))
     return 0

@@ -4,8 +4,9 @@ Samples packed into one row must not see each other. The model passes, in place 
 attention mask, a *document id* tensor ``[b, s]`` (token -> index of its sample in the row);
 attention is causal within a document and blocked across documents. Two backends:
 
-- ``sdpa``: a block-diagonal causal boolean mask through ``scaled_dot_product_attention``
-  (runs everywhere; memory O(s^2) per row, fine for CPU tests and short rows);
+- ``sdpa``: a block-diagonal causal additive mask through ``scaled_dot_product_attention``
+  (runs everywhere; memory O(s^2) per row, one mask per micro-batch shared by all layers;
+  fine for CPU tests and short rows);
 - ``flex``: FlexAttention with a document mask (GPU; O(s) memory, block-sparse).
 
 With ``attention_mask=None`` both are plain causal attention. GQA is handled by the kernel
@@ -31,6 +32,33 @@ def document_causal_mask(doc_ids: torch.Tensor) -> torch.Tensor:
     return (same & causal).unsqueeze(1)
 
 
+_SHARED_MASKS = None  # doc_ids tensor (weak) -> {dtype: additive mask}
+
+
+def shared_additive_mask(doc_ids: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The document-causal mask as an additive [b, 1, s, s] tensor (0 / -inf), built once per ``doc_ids``
+    tensor and dtype: every layer passes the same storage to SDPA, which saves it for backward, so a
+    micro-batch keeps one mask instead of one per layer (a bool mask is converted to a new float mask
+    inside each SDPA call). The entry dies with the micro-batch's ``doc_ids``. Without autograd (the
+    no-grad forward of a recompute block, evaluation) nothing is saved and nothing is cached."""
+    global _SHARED_MASKS
+
+    def build() -> torch.Tensor:
+        blocked = ~document_causal_mask(doc_ids)
+        return torch.zeros(blocked.shape, dtype=dtype, device=doc_ids.device).masked_fill_(blocked, float("-inf"))
+
+    if not torch.is_grad_enabled():
+        return build()
+    if _SHARED_MASKS is None:
+        from torch.utils.weak import WeakTensorKeyDictionary
+
+        _SHARED_MASKS = WeakTensorKeyDictionary()
+    per_dtype = _SHARED_MASKS.setdefault(doc_ids, {})
+    if dtype not in per_dtype:
+        per_dtype[dtype] = build()
+    return per_dtype[dtype]
+
+
 def _sdpa(q, k, v, doc_ids, dropout_p, scale):
     # q [b, np, s, hn], k/v [b, ng, s, hn]
     if doc_ids is None and q.shape[2] != k.shape[2]:
@@ -43,7 +71,7 @@ def _sdpa(q, k, v, doc_ids, dropout_p, scale):
     if doc_ids is None:
         return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True, scale=scale,
                                               enable_gqa=q.shape[1] != k.shape[1])
-    mask = document_causal_mask(doc_ids)
+    mask = shared_additive_mask(doc_ids, q.dtype)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, scale=scale,
                                           enable_gqa=q.shape[1] != k.shape[1])
 

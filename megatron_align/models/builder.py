@@ -110,6 +110,7 @@ def build_model(model_cfg: ModelConfig, parallel: ParallelConfig, *, arch: Optio
     from megatron.core import parallel_state
 
     from megatron_align.models.gpt import AlignGPTModel
+    from megatron_align.models.kblock import use_uneven_kblocks
     from megatron_align.models.spec import build_layer_spec, resolve_attention_backend, resolve_impl
 
     arch = arch or resolve_arch(model_cfg.name, model_cfg.hf_config, model_cfg.family, model_cfg.num_layers)
@@ -145,6 +146,7 @@ def build_model(model_cfg: ModelConfig, parallel: ParallelConfig, *, arch: Optio
             arch=arch,
             head=model_cfg.head,
         )
+        use_uneven_kblocks(model.decoder)  # k-block recompute with k not dividing the stage's layers
         if torch.cuda.is_available():
             model.cuda(torch.cuda.current_device())
         chunks.append(model)

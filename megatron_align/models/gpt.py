@@ -22,6 +22,28 @@ from megatron_align.models.arch import ArchSpec
 from megatron_align.models.rope import rope_freqs_from_positions, rope_inv_freq
 
 
+class _MaskVocabPadding(torch.autograd.Function):
+    """logits[..., n_valid:] = -inf in place (``masked_fill`` made a second [tokens, V/TP] buffer at the end
+    of the forward); the backward zeroes those columns of the incoming gradient in place when it is a
+    dense buffer of its own (every CE backend's gradient is), else on a copy (``masked_fill``'s backward
+    always copied: a second buffer in backward)."""
+
+    @staticmethod
+    def forward(ctx, logits, n_valid):
+        ctx.n_valid = n_valid
+        logits[..., n_valid:] = float("-inf")
+        ctx.mark_dirty(logits)
+        return logits
+
+    @staticmethod
+    def backward(ctx, grad):
+        dense = grad.is_contiguous() and grad.untyped_storage().nbytes() == grad.numel() * grad.element_size()
+        if not dense:
+            grad = grad.clone(memory_format=torch.contiguous_format)
+        grad[..., ctx.n_valid:] = 0
+        return grad, None
+
+
 class AlignOutputLayer(ColumnParallelLinear):
     """Vocab-parallel output projection with optional NormHead and vocab-padding mask."""
 
@@ -37,9 +59,7 @@ class AlignOutputLayer(ColumnParallelLinear):
         n_local = logits.shape[-1]
         n_valid = max(0, min(n_local, (self.true_vocab_size or 10**12) - self.vocab_start))
         if n_valid < n_local:
-            pad = torch.zeros(n_local, dtype=torch.bool, device=logits.device)
-            pad[n_valid:] = True
-            logits = logits.masked_fill(pad, float("-inf"))
+            logits = _MaskVocabPadding.apply(logits, n_valid)
         if runtime_gather_output:
             from megatron.core.tensor_parallel.mappings import gather_from_tensor_model_parallel_region
 

@@ -1,7 +1,9 @@
-"""Memory and parallelism planner (`megatron-align plan`): pure arithmetic, no torch or megatron import.
+"""Memory and parallelism planner (`megatron-align plan`): pure arithmetic, no torch or megatron import
+(except :mod:`~megatron_align.plan.measure`, which `plan --measure` imports to check the model).
 
 - :mod:`~megatron_align.plan.params`: exact per-rank parameters, DDP buffers, distributed-optimizer shards
-- :mod:`~megatron_align.plan.activations`: per-layer activation formula (Korthikanti et al. 2022, adapted)
+- :mod:`~megatron_align.plan.activations`: what the layers, the loss and a backward keep, term by term
+- :mod:`~megatron_align.plan.measure`: saved bytes and allocator peak of a small build, next to the prediction
 - :mod:`~megatron_align.plan.memory`: per-GPU breakdown of one layout
 - :mod:`~megatron_align.plan.kblock`: the report's k-block checkpointing model, k* = √(L/n)
 - :mod:`~megatron_align.plan.flops`: recompute cost

@@ -38,5 +38,6 @@ def detailed_curve(arch: ArchSpec, tp: int, pp: int, sp: bool, opts: act.Activat
     out = []
     for k in range(1, (max_k or layers) + 1):
         kept = pp * act.retained_per_chunk(arch, layers, tp, sp, "kblock", k, opts)
-        out.append((k, kept + act.recompute_transient(arch, layers, tp, sp, "kblock", k, opts)))
+        out.append((k, kept + act.recompute_transient(arch, layers, tp, sp, "kblock", k, opts)
+                    + act.layer_workspace(arch, tp, sp, opts)))
     return out

@@ -11,8 +11,9 @@ case can be checked exactly and the GPU bf16 case predicted:
   fp32, for the rank's 1/(DP·CP) slice of each bucket (distributed optimizer) or for all its params.
 
 Activations follow :mod:`megatron_align.plan.activations`. Peak of a rank =
-static + in-flight micro-batches × retained activations + max(recompute working set, last-stage
-logits/loss) (logits are freed by the output layer's backward before the layers' recompute begins).
+static + in-flight micro-batches × retained activations + max(recompute working set + a layer's
+backward workspace, last-stage logits/loss and the loss backend's transient) (logits are freed by the
+output layer's backward before the layers' recompute begins).
 """
 
 from __future__ import annotations
@@ -124,8 +125,8 @@ class RankMemory:
     grads: float
     optimizer: float
     activations: float  # in-flight micro-batches x retained
-    recompute_working: float
-    logits_and_loss: float  # last stage only (incl. final norm / output-layer inputs)
+    recompute_working: float  # one block rebuilt (full / k-block) + a layer's backward workspace
+    logits_and_loss: float  # last stage only: final norm / output-layer inputs, logits, loss, CE transient
     inflight: int
 
     @property
@@ -146,16 +147,19 @@ def rank_memory(arch: ArchSpec, layout: Layout, work: Workload, pp_rank: int, dt
                        dtypes, work.vocab_divisible_by)
     opts = act.ActivationOptions(**{**asdict(work.options), "act_bytes": dtypes.activations})
     tokens = work.seq_length * work.micro_batch_size / layout.cp
+    s = work.seq_length // layout.cp  # attention-mask terms: the rank's part of a row
     chunk_layers = arch.num_layers // (pp * v)
     inflight = act.inflight_microbatches(pp, pp_rank, v, work.num_microbatches)
-    retained = act.retained_per_chunk(arch, chunk_layers, tp, sp, work.recompute, work.recompute_k, opts)
-    transient = act.recompute_transient(arch, chunk_layers, tp, sp, work.recompute, work.recompute_k, opts)
+    per_mb = act.retained_per_chunk(arch, chunk_layers, tp, sp, work.recompute, work.recompute_k, opts, s)
+    per_mb += sum(act.microbatch_terms(arch, tp, sp, work.recompute, opts, s, pp_rank == 0).values())
+    working = act.recompute_transient(arch, chunk_layers, tp, sp, work.recompute, work.recompute_k, opts, s)
+    working += act.layer_workspace(arch, tp, sp, opts)
     logits = 0.0
     if pp_rank == pp - 1:
         vocab = padded_vocab_size(arch.vocab_size, work.vocab_divisible_by, tp)
-        logits = sum(act.output_terms(arch, vocab, tp, sp, opts).values()) * tokens
-    return RankMemory(pp_rank, st.weights, st.grads, st.optimizer, inflight * retained * tokens,
-                      transient * tokens, logits, inflight)
+        logits = act.last_stage_extra(arch, vocab, tp, sp, opts, tokens, dtypes.params) * tokens
+    return RankMemory(pp_rank, st.weights, st.grads, st.optimizer, inflight * per_mb * tokens,
+                      working * tokens, logits, inflight)
 
 
 def candidate_ranks(pp: int) -> List[int]:

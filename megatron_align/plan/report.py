@@ -63,10 +63,12 @@ def build_report(arch: ArchSpec, name: str, work: Workload, dtypes: Dtypes, spac
     vocab = padded_vocab_size(arch.vocab_size, work.vocab_divisible_by, ref.tp)
     tokens = work.seq_length * work.micro_batch_size / ref.cp
     logits = {}
-    for label, fused in (("fused_ce", True), ("megatron_ce", False)):
-        terms = act.output_terms(arch, vocab, ref.tp, ref.seq_parallel, replace(opts, fused_ce=fused))
-        logits[label] = _gib((terms["logits"] + terms["loss_buffers"]) * tokens)
-    terms = act.layer_terms(arch, ref.tp, ref.seq_parallel, opts)
+    for backend in act.LOSS_BACKENDS:  # kept + the backend's transient, per micro-batch on the last stage
+        o = replace(opts, loss_backend=backend)
+        terms = act.output_terms(arch, vocab, ref.tp, ref.seq_parallel, o)
+        extra = act.output_peak_terms(arch, vocab, ref.tp, o, tokens)
+        logits[backend] = _gib((terms["logits"] + terms["loss_buffers"] + sum(extra.values())) * tokens)
+    terms = act.layer_terms(arch, ref.tp, ref.seq_parallel, opts, work.seq_length // ref.cp)
     return {
         "model": {"name": name, "family": arch.family, "parameters": arch.num_parameters(vocab),
                   "num_layers": arch.num_layers, "hidden_size": arch.hidden_size,
@@ -77,7 +79,7 @@ def build_report(arch: ArchSpec, name: str, work: Workload, dtypes: Dtypes, spac
             "num_microbatches": work.num_microbatches or ">= pipeline warm-up",
             "dtypes_bytes": asdict(dtypes), "distributed_optimizer": space.distributed_optimizer,
             "sequence_parallel": space.sp, "vpp": space.vpp, "norm": opts.norm, "fused_swiglu": opts.fused_swiglu,
-            "cross_entropy": "fused" if opts.fused_ce else "megatron",
+            "loss_backend": opts.loss_backend, "attention": opts.attention,
             "gpu_memory_gib": gpu_memory_gib, "reserve_fraction": reserve,
             "budget_gib": round(gpu_memory_gib * (1 - reserve), 2), "gpus_per_node": space.gpus_per_node,
             "max_gpus": space.max_gpus, "tp_grid": list(space.tp), "cp_grid": list(space.cp),
@@ -115,7 +117,7 @@ def format_text(rep: Dict[str, Any]) -> str:
                f"grads {d['grads']} (DDP main_grad), Adam states 2x{d['optim_state']} + master {d['main_params']}; "
                f"activations {d['activations']}")
     out.append(f"distributed optimizer over DP*CP: {a['distributed_optimizer']}; sequence parallel with TP>1: "
-               f"{a['sequence_parallel']}; CE: {a['cross_entropy']}; norm: {a['norm']}; fused SwiGLU: {a['fused_swiglu']}; "
+               f"{a['sequence_parallel']}; loss: {a['loss_backend']}; attention: {a['attention']}; norm: {a['norm']}; fused SwiGLU: {a['fused_swiglu']}; "
                f"schedule: {'interleaved vpp=' + str(a['vpp']) if (a['vpp'] or 1) > 1 else '1F1B'}")
     out.append(f"budget: {a['gpu_memory_gib']:g} GiB - {100 * a['reserve_fraction']:g}% reserve (allocator "
                f"fragmentation, NCCL buffers, CUDA context) = {a['budget_gib']:g} GiB per GPU; TP <= {a['gpus_per_node']} "
@@ -125,8 +127,8 @@ def format_text(rep: Dict[str, Any]) -> str:
     out.append(f"per-layer activations at {rep['reference_layout']} (bytes/token): "
                + ", ".join(f"{k} {v:g}" for k, v in terms.items()) + f" = {sum(terms.values()):g}")
     lg = rep["logits_and_loss_gib_at_reference"]
-    out.append(f"logits + loss buffers per micro-batch on the last stage: fused CE {lg['fused_ce']} GiB, "
-               f"megatron-core CE {lg['megatron_ce']} GiB")
+    out.append("logits + loss per micro-batch on the last stage (kept + transient): "
+               + ", ".join(f"{k} {v} GiB" for k, v in lg.items()) + " (fused_linear: provisional)")
     out.append("")
     out.append("minimum GPUs (peak rank; GiB):")
     out.append(HEADER)

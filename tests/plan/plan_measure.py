@@ -1,5 +1,7 @@
-"""Spawned worker: build tiny models at several layouts, wrap them in megatron DDP, build megatron's
-(distributed) optimizer, take one step, and report what each rank really holds."""
+"""Spawned workers. ``measure``: build tiny models at several layouts, wrap them in megatron DDP, build
+megatron's (distributed) optimizer, take one step, and report what each rank really holds.
+``measure_activations``: one micro-batch per recompute mode through a small model, saved bytes and
+allocator peak next to the planner's prediction (:mod:`megatron_align.plan.measure`)."""
 
 from __future__ import annotations
 
@@ -65,3 +67,29 @@ def measure(world_size: int) -> List[dict]:
         })
         del opt, chunks, built
     return results
+
+
+# Activation memory: one micro-batch through a small llama-shaped model (3 layers, so k=2 has an uneven block).
+MEASURE_SHAPE = dict(num_layers=3, hidden_size=256, ffn_hidden_size=704, num_attention_heads=8, num_query_groups=2,
+                     vocab_size=4000)
+MODES = [dict(recompute="none"), dict(recompute="selective"), dict(recompute="full"), dict(recompute="kblock", k=2)]
+ACTIVATION_CASES = {
+    1: MODES + [dict(precision="bf16"), dict(packed=True), dict(packed=True, recompute="full"),
+                dict(loss_backend="megatron", precision="bf16"), dict(loss_backend="megatron")],
+    2: MODES + [dict(precision="bf16", recompute="kblock", k=2)],
+}
+
+
+def measure_activations(tp: int) -> List[dict]:
+    from megatron_align.config import ParallelConfig
+    from megatron_align.models.families import preset
+    from megatron_align.plan.measure import MeasureCase, run_measure
+    from megatron_align.runtime import setup_runtime
+
+    setup_runtime(ParallelConfig(tp=tp, sp=tp > 1), seed=1)
+    arch = preset("tiny-llama").replace(**MEASURE_SHAPE)
+    cases = [MeasureCase(tp=tp, sp=tp > 1, seq_length=512, **kw) for kw in ACTIVATION_CASES[tp]]
+    out = run_measure(arch, cases)
+    for r in out:
+        r["case"] = r["label"]
+    return out

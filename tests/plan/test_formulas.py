@@ -70,22 +70,50 @@ def test_detailed_best_k_is_near_the_report_optimum(tp, sp, pp):
 
 
 def test_layer_formula_for_llama3_70b():
-    """20.25·h/t bytes-units per token with TP+SP (plus fp32 LSE and rstd), Korthikanti's 34/t for GPT."""
+    """Per layer with TP+SP (units of β·h/t): norms 2 + linear inputs 2 + QKV buffer 1.25 + Q,K after RoPE
+    1.125 + O 1 + SwiGLU 5·3.5 = 24.875, plus the replicated RoPE cos/sin (4·β·d) and fp32 LSE / rstd."""
     arch = preset("llama3-70b")
-    terms = act.layer_terms(arch, 8, True, OPTS)
-    big = terms["norm_inputs"] + terms["linear_inputs"] + terms["attention_qkvo"] + terms["swiglu_mlp"]
-    assert big == 2 * arch.hidden_size * 20.25 / 8
+    t = act.layer_terms(arch, 8, True, OPTS)
+    unit = 2 * arch.hidden_size / 8
+    big = (t["norm_inputs"] + t["linear_inputs"] + t["qkv_buffer"] + t["qk_rope"] + t["attention_out"]
+           + t["swiglu"])
+    assert big == pytest.approx(24.875 * unit)
+    assert t["rope_cos_sin"] == 4 * 2 * 128 and t["attention_lse"] == 4 * 64 / 8 and t["norm_rstd"] == 1
     no_sp = act.layer_terms(arch, 8, False, OPTS)
-    assert no_sp["norm_inputs"] == 8 * terms["norm_inputs"] and no_sp["swiglu_mlp"] == terms["swiglu_mlp"]
+    assert no_sp["norm_inputs"] == 8 * t["norm_inputs"] and no_sp["swiglu"] == t["swiglu"]
+    assert no_sp["rope_cos_sin"] == t["rope_cos_sin"]  # neither TP nor SP divides it
     fused = act.layer_terms(arch, 8, True, replace(OPTS, fused_swiglu=True))
-    assert fused["swiglu_mlp"] == 0.75 * terms["swiglu_mlp"]
+    assert fused["swiglu"] == 0.6 * t["swiglu"]
+    flex = act.layer_terms(arch, 8, True, replace(OPTS, attention="flex"), seq_length=16384)
+    assert flex["attention_mask"] == 16 * 128 ** 2 / 16384  # four int32 [s/128, s/128] BlockMask tables
 
 
-def test_megatron_ce_keeps_three_times_the_fused_logits():
+def test_logits_bytes_per_backend():
+    """bf16, TP=8: kept + transient bytes per logit: fused 2+2, megatron 4+2, te 2+0; fused_linear keeps none
+    and holds 2 fp32 [chunk, V/t] buffers."""
     arch = preset("llama3-70b")
-    fused = act.output_terms(arch, 128256, 8, True, OPTS)["logits"]
-    meg = act.output_terms(arch, 128256, 8, True, replace(OPTS, fused_ce=False))["logits"]
-    assert fused == 2 * 128256 / 8 and meg == 3 * fused
+    v = 128256 // 8
+    got = {}
+    for backend in act.LOSS_BACKENDS:
+        o = replace(OPTS, loss_backend=backend)
+        kept = act.output_terms(arch, 128256, 8, True, o)["logits"]
+        extra = sum(act.output_peak_terms(arch, 128256, 8, o, 16384).values())
+        got[backend] = (kept / v, extra / v)
+    assert got["fused"] == (2, 2) and got["megatron"] == (4, 2) and got["te"] == (2, 0)
+    assert got["fused_linear"] == (0, 2 * 4096 * 4 / 16384)
+    assert act.output_peak_terms(arch, 128256, 8, replace(OPTS, loss_backend="megatron", act_bytes=4), 1)[
+        "logits_transient"] == 0  # fp32: .float() is the logits themselves, the gradient is made in place
+    with pytest.raises(ValueError, match="loss backend"):
+        act.ActivationOptions(loss_backend="nope")
+
+
+def test_sdpa_mask_is_kept_once_per_microbatch_without_recompute():
+    arch = preset("llama3-8b")
+    sdpa = replace(OPTS, attention="sdpa")
+    assert act.microbatch_terms(arch, 1, False, "none", sdpa, 8192, False) == {"attention_mask": 2 * 8192}
+    assert "attention_mask" not in act.microbatch_terms(arch, 1, False, "full", sdpa, 8192, False)
+    assert act.recompute_transient(arch, 4, 1, False, "full", 1, sdpa, 8192) == pytest.approx(
+        act.layer_bytes_per_token(arch, 1, False, sdpa, 8192) + 2 * 8192)
 
 
 def test_pipeline_inflight_microbatches():
@@ -121,7 +149,9 @@ def test_llama3_70b_16k_minimum_gpus_are_stable():
     assert res.min_gpus == {"none": 64, "selective": 64, "full": 32, "kblock": 32}
     assert res.best["kblock"].k == 2 and res.best["kblock"].layout == Layout(tp=8, pp=4)
     assert res.best["kblock"].memory.total < res.best["full"].memory.total
-    # Without tensor parallelism (ZeRO-1 + CP + PP only), k-block is what brings 40 GPUs down to 32.
+    # Without tensor parallelism (ZeRO-1 + CP + PP only): 40 GPUs with per-layer or k-block recompute (PP=20,
+    # 4 layers a stage, k=2), no recompute fits nowhere up to 512.
     no_tp = search(arch, Workload(seq_length=16384), Dtypes(), SearchSpace(tp=(1,)), 80 * GiB * 0.9,
-                   modes=("full", "kblock"))
-    assert no_tp.min_gpus == {"full": 40, "kblock": 32}
+                   modes=("none", "full", "kblock"))
+    assert no_tp.min_gpus == {"none": None, "full": 40, "kblock": 40}
+    assert no_tp.best["kblock"].k == 2 and no_tp.best["kblock"].layout == Layout(tp=1, pp=20, cp=2)
