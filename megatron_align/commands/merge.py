@@ -13,16 +13,24 @@ import json
 import sys
 
 
+class _List(argparse.Action):
+    """``nargs="+"`` that remembers it came last: ``--models A B OUT`` then gives OUT back to the positional."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, list(values))
+        namespace.last_list = self.dest
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from megatron_align.merging.methods import METHODS
 
-    parser.add_argument("output", help="output directory (an HF model directory, or a checkpoint root)")
+    parser.add_argument("output", nargs="?", help="output directory (an HF model directory, or a checkpoint root)")
     parser.add_argument("--method", required=True, choices=list(METHODS), help="merge method")
-    parser.add_argument("--models", nargs="+", required=True, metavar="CKPT",
+    parser.add_argument("--models", nargs="+", action=_List, required=True, metavar="CKPT",
                         help="the models to merge (HF directories or megatron_align checkpoints)")
     parser.add_argument("--base", default=None, metavar="CKPT",
                         help="the model the others were fine-tuned from (task_arithmetic, model_stock, ties, dare_*)")
-    parser.add_argument("--weights", nargs="+", type=float, default=None, metavar="W",
+    parser.add_argument("--weights", nargs="+", action=_List, default=None, metavar="W",
                         help="one weight per --models entry (default 1 each)")
     parser.add_argument("--lambda", dest="lam", type=float, default=None, metavar="L",
                         help="scale of the combined task vector (task_arithmetic, ties, dare_*; default 1)")
@@ -49,8 +57,18 @@ def run(args: argparse.Namespace) -> int:
     from megatron_align.convert.hf_io import parse_size
     from megatron_align.merging.merge import MergeSpec, merge
 
+    if args.output is None and getattr(args, "last_list", None) and len(getattr(args, args.last_list)) > 1:
+        args.output = getattr(args, args.last_list).pop()
+    if args.output is None:
+        print("error: the output directory is missing (megatron-align merge ... OUTPUT)", file=sys.stderr)
+        return 2
+    try:
+        weights = None if args.weights is None else [float(w) for w in args.weights]
+    except ValueError as exc:
+        print(f"error: --weights: {exc}", file=sys.stderr)
+        return 2
     spec = MergeSpec(method=args.method, models=list(args.models), output=args.output, base=args.base,
-                     weights=args.weights, lam=args.lam, density=args.density, normalize=args.normalize,
+                     weights=weights, lam=args.lam, density=args.density, normalize=args.normalize,
                      filter_wise=args.filter_wise, seed=args.seed, to=args.to,
                      dtype=DTYPES[args.dtype] if args.dtype else None, force=args.force,
                      max_shard_size=parse_size(args.max_shard_size))
