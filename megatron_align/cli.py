@@ -30,6 +30,7 @@ COMMANDS: Dict[str, Command] = {
     "plot": Command("megatron_align.commands.plot", "plot loss and throughput of a run directory"),
     "plan": Command("megatron_align.commands.plan", "memory and parallelism planner"),
     "merge": Command("megatron_align.commands.merge", "merge checkpoints: linear, task arithmetic, Model Stock, TIES, DARE"),
+    "evaluate": Command("megatron_align.commands.evaluate", "eval loss of checkpoints, overall and per category"),
 }
 
 
