@@ -140,18 +140,32 @@ class MergedTensors:
         return m.to(self.dtype) if self.dtype is not None else m
 
     def get(self, name: str) -> torch.Tensor:
-        inputs = [s.get(name) for s in self.models]
-        base = self.base.get(name) if self.base is not None else None
-        every = inputs + ([base] if base is not None else [])
-        work = torch.float64 if all(t.dtype == torch.float64 for t in every) else torch.float32
+        work = self._work_dtype(name)
+        base = self.base.get(name).to(work) if self.base is not None else None
         rng = None
         if self.method.random:  # one stream per tensor: the result does not depend on the write order
             rng = torch.Generator().manual_seed(self.seed * 1_000_003 + zlib.crc32(name.encode()))
         with torch.no_grad():
-            out = self.method.fn([t.to(work) for t in inputs], None if base is None else base.to(work),
-                                 self.params, rng)
+            out = self.method.fn(_LazyInputs(self.models, name, work), base, self.params, rng)
         self.count += 1
         return out.to(self.meta(name).dtype)
+
+    def _work_dtype(self, name: str) -> torch.dtype:
+        every = self.models + ([self.base] if self.base is not None else [])
+        return torch.float64 if all(s.meta(name).dtype == torch.float64 for s in every) else torch.float32
+
+
+class _LazyInputs(Sequence[torch.Tensor]):
+    """``models[i]`` reads model i's tensor when indexed (the methods index each once), in the compute dtype."""
+
+    def __init__(self, sources: List[TensorSource], name: str, dtype: torch.dtype) -> None:
+        self.sources, self.name, self.dtype = sources, name, dtype
+
+    def __len__(self) -> int:
+        return len(self.sources)
+
+    def __getitem__(self, i):
+        return self.sources[i].get(self.name).to(self.dtype)
 
 
 def _swap_into_place(tmp: str, out: str) -> None:

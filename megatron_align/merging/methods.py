@@ -4,6 +4,10 @@ Every function receives the same tensor of each model ``θ_1..θ_k`` (the ``--mo
 (``--base``) where the method uses one, and :class:`MergeParams`; it returns the merged tensor in the
 compute dtype (float32, float64 for float64 inputs). Task vectors are ``δ_i = θ_i − θ_0``. The
 definitions are mergekit 0.1.5's (``mergekit.merge_methods``), checked against it in tests/merging.
+
+``models`` may be lazy (each ``models[i]`` reads the tensor from disk): the functions index each model once
+and keep only what the formula needs (an accumulator, or the task vectors), never modify the inputs, so
+the peak is about 2 (linear), 4 (task arithmetic) or k + 2 (Model Stock) tensors, not 2k.
 """
 
 from __future__ import annotations
@@ -42,47 +46,56 @@ class MergeMethod:
     reference: str = ""
 
 
-def _weights(p: MergeParams, like: Tensor) -> Tensor:
-    return torch.tensor(list(p.weights), dtype=like.dtype)
-
-
-def linear(models: List[Tensor], base: Optional[Tensor], p: MergeParams, rng=None) -> Tensor:
+def linear(models: Sequence[Tensor], base: Optional[Tensor], p: MergeParams, rng=None) -> Tensor:
     """``θ = Σ w_i θ_i / Σ w_i`` (``normalize``, the default), or ``Σ w_i θ_i`` without it.
     Wortsman et al., Model soups, arXiv 2203.05482."""
-    w = _weights(p, models[0])
-    out = torch.zeros_like(models[0])
-    for t, wi in zip(models, w):
-        out.add_(t, alpha=float(wi))
-    return out / w.sum() if p.normalize else out
+    out: Optional[Tensor] = None
+    for i, w in enumerate(p.weights):
+        t = models[i]
+        out = torch.zeros_like(t) if out is None else out
+        out.add_(t, alpha=float(w))
+        del t
+    return out.div_(float(sum(p.weights))) if p.normalize else out
 
 
-def _combine(deltas: List[Tensor], base: Tensor, p: MergeParams, consensus: bool) -> Tensor:
-    """``θ_0 + λ · Σ_i w_i δ_i [· m_i] / D`` with, under ``consensus`` (TIES sign election), ``m_i`` the entries
-    whose sign agrees with ``sign(Σ_j w_j δ_j)`` (zero counts as +) and ``D = Σ_i w_i m_i`` per entry (0 → 1);
-    without it ``D = Σ_i w_i`` (|D| < 1e-8 → 1). ``D`` divides only under ``normalize``."""
-    w = _weights(p, base)
-    weighted = torch.stack([d * wi for d, wi in zip(deltas, w)])
-    wshape = (len(deltas),) + (1,) * base.dim()
-    if consensus:
-        majority = (weighted.sum(dim=0) >= 0).to(base.dtype) * 2 - 1
-        mask = (weighted.sign() == majority).to(base.dtype)
-        mixed = (weighted * mask).sum(dim=0)
-        divisor = (w.reshape(wshape) * mask).sum(dim=0)
-        divisor[divisor == 0] = 1
-    else:
-        mixed = weighted.sum(dim=0)
-        divisor = w.sum()
-        if divisor.abs() < 1e-8:
-            divisor = torch.ones_like(divisor)
+def _finish(mixed: Tensor, divisor, base: Tensor, p: MergeParams) -> Tensor:
     if p.normalize:
-        mixed = mixed / divisor
-    return base + p.lam * mixed
+        mixed.div_(divisor)
+    if p.lam != 1:
+        mixed.mul_(p.lam)
+    return mixed.add_(base)
 
 
-def task_arithmetic(models: List[Tensor], base: Optional[Tensor], p: MergeParams, rng=None) -> Tensor:
+def _combine_linear(deltas, base: Tensor, p: MergeParams) -> Tensor:
+    """``θ_0 + λ Σ_i w_i δ_i / D``, ``D = Σ_i w_i`` (|D| < 1e-8 → 1) dividing only under ``normalize``;
+    ``deltas`` is an iterable consumed one task vector at a time."""
+    mixed = torch.zeros_like(base)
+    for d, w in zip(deltas, p.weights):
+        mixed.add_(d, alpha=float(w))
+        del d
+    divisor = float(sum(p.weights))
+    return _finish(mixed, 1.0 if abs(divisor) < 1e-8 else divisor, base, p)
+
+
+def _combine_consensus(deltas: List[Tensor], base: Tensor, p: MergeParams) -> Tensor:
+    """TIES sign election: ``θ_0 + λ Σ_i w_i δ_i m_i / D`` with ``m_i`` the entries whose sign agrees with
+    ``sign(Σ_j w_j δ_j)`` (zero counts as +) and ``D = Σ_i w_i m_i`` per entry (0 → 1), dividing only under
+    ``normalize``."""
+    w = torch.tensor(list(p.weights), dtype=base.dtype)
+    weighted = torch.stack([d * wi for d, wi in zip(deltas, w)])
+    del deltas[:]
+    majority = (weighted.sum(dim=0) >= 0).to(base.dtype) * 2 - 1
+    mask = (weighted.sign() == majority).to(base.dtype)
+    mixed = (weighted * mask).sum(dim=0)
+    divisor = (w.reshape((len(w),) + (1,) * base.dim()) * mask).sum(dim=0)
+    divisor[divisor == 0] = 1
+    return _finish(mixed, divisor, base, p)
+
+
+def task_arithmetic(models: Sequence[Tensor], base: Optional[Tensor], p: MergeParams, rng=None) -> Tensor:
     """``θ = θ_0 + λ Σ w_i (θ_i − θ_0)`` (divided by ``Σ w_i`` under ``--normalize``; off by default).
     Ilharco et al., Editing models with task arithmetic, arXiv 2212.04089."""
-    return _combine([t - base for t in models], base, p, consensus=False)
+    return _combine_linear((models[i] - base for i in range(len(p.weights))), base, p)
 
 
 def magnitude_prune(delta: Tensor, density: float) -> Tensor:
@@ -110,24 +123,26 @@ def random_drop_rescale(delta: Tensor, density: float, rng: Optional[torch.Gener
     return masked * (before / after)
 
 
-def ties(models: List[Tensor], base: Optional[Tensor], p: MergeParams, rng=None) -> Tensor:
+def ties(models: Sequence[Tensor], base: Optional[Tensor], p: MergeParams, rng=None) -> Tensor:
     """TIES: ``δ_i`` trimmed to its top ``density`` fraction by magnitude, scaled by ``w_i``, sign elected by the
     sum, ``θ = θ_0 + λ Σ_i w_i δ_i m_i / Σ_i w_i m_i`` (``normalize`` on by default). Yadav et al., arXiv 2306.01708."""
-    return _combine([magnitude_prune(t - base, p.density) for t in models], base, p, consensus=True)
+    return _combine_consensus([magnitude_prune(models[i] - base, p.density) for i in range(len(p.weights))], base, p)
 
 
-def dare_linear(models: List[Tensor], base: Optional[Tensor], p: MergeParams, rng=None) -> Tensor:
+def dare_linear(models: Sequence[Tensor], base: Optional[Tensor], p: MergeParams, rng=None) -> Tensor:
     """DARE + task arithmetic: ``θ = θ_0 + λ Σ w_i DARE(δ_i)`` (see :func:`random_drop_rescale`).
     Yu et al., Language models are Super Mario, arXiv 2311.03099."""
-    return _combine([random_drop_rescale(t - base, p.density, rng) for t in models], base, p, consensus=False)
+    return _combine_linear((random_drop_rescale(models[i] - base, p.density, rng) for i in range(len(p.weights))),
+                           base, p)
 
 
-def dare_ties(models: List[Tensor], base: Optional[Tensor], p: MergeParams, rng=None) -> Tensor:
+def dare_ties(models: Sequence[Tensor], base: Optional[Tensor], p: MergeParams, rng=None) -> Tensor:
     """DARE + TIES sign election: ``θ = θ_0 + λ Σ_i w_i DARE(δ_i) m_i`` (``normalize`` off by default)."""
-    return _combine([random_drop_rescale(t - base, p.density, rng) for t in models], base, p, consensus=True)
+    return _combine_consensus([random_drop_rescale(models[i] - base, p.density, rng)
+                               for i in range(len(p.weights))], base, p)
 
 
-def model_stock(models: List[Tensor], base: Optional[Tensor], p: MergeParams, rng=None) -> Tensor:
+def model_stock(models: Sequence[Tensor], base: Optional[Tensor], p: MergeParams, rng=None) -> Tensor:
     """Model Stock, per tensor flattened whole (1-D tensors included; per output row under ``filter_wise``):
     ``cos`` = mean over pairs i<j of ``δ_i·δ_j / max(‖δ_i‖‖δ_j‖, 1e-6)`` (each clamped to [−1, 1]),
     ``t = k·cos / (1 + (k−1)·cos)`` (t = 0 where |1 + (k−1)·cos| < 1e-6), ``θ = t · mean_i θ_i + (1 − t) · θ_0``.
@@ -138,19 +153,22 @@ def model_stock(models: List[Tensor], base: Optional[Tensor], p: MergeParams, rn
     else:
         flat = (lambda t: t.reshape(-1))
     w0 = flat(base)
-    ws = [flat(t) for t in models]
-    deltas = [t - w0 for t in ws]
+    k = len(p.weights)
+    deltas = [flat(models[i]) - w0 for i in range(k)]
     cos = []
-    for i in range(len(deltas)):
-        for j in range(i + 1, len(deltas)):
+    for i in range(k):
+        for j in range(i + 1, k):
             norms = torch.norm(deltas[i], dim=-1) * torch.norm(deltas[j], dim=-1)
             cos.append(((deltas[i] * deltas[j]).sum(dim=-1) / norms.clamp(min=1e-6)).clamp(-1, 1))
     c = torch.stack(cos).mean(dim=0).unsqueeze(-1)
-    k = len(ws)
     denom = 1 + (k - 1) * c
     singular = denom.abs() < 1e-6
     t = torch.where(singular, torch.zeros_like(c), k * c / torch.where(singular, torch.ones_like(denom), denom))
-    return (t * (sum(ws) / k) + (1 - t) * w0).reshape(shape)
+    average = deltas.pop(0)  # mean θ_i = θ_0 + mean δ_i, accumulated in place of the task vectors
+    while deltas:
+        average.add_(deltas.pop())
+    average.div_(k).add_(w0)
+    return average.mul_(t).add_(w0 * (1 - t)).reshape(shape)
 
 
 METHODS: Dict[str, MergeMethod] = {m.name: m for m in (

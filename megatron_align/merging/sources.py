@@ -8,7 +8,7 @@ Both kinds present the same face (``arch``, ``meta(name)``, ``get(name)``) over 
 - :class:`McoreSource`: a megatron_align checkpoint (run directory with ``latest``, a ``step_*`` or
   ``release`` directory), read in its sharded form: the block of one mapping rule and one layer is read
   from the dist-checkpoint (whatever TP/PP it was saved at) and split into its HF tensors by the rule's
-  inverse transform; the last block is kept, so ``q``/``k``/``v`` of one layer cost one read.
+  inverse transform; the parts of the last block are kept until handed out, so ``q``/``k``/``v`` of one layer cost one read.
 """
 
 from __future__ import annotations
@@ -93,7 +93,7 @@ class McoreSource(TensorSource):
                 for k, name in enumerate(rule.hf_names(i)):
                     self._where[name] = (rule, i, k)
         self._block: Optional[Tuple[str, int]] = None
-        self._tensors: List[torch.Tensor] = []
+        self._tensors: List[Optional[torch.Tensor]] = []
         self._metas: Dict[str, torch.Tensor] = {}
 
     def _locate(self, name: str) -> Tuple[mapping.Rule, int, int]:
@@ -114,14 +114,15 @@ class McoreSource(TensorSource):
         from megatron_align.convert.hf_to_mcore import _check_shape
 
         rule, layer, k = self._locate(name)
-        if self._block != (rule.mcore, layer):
+        if self._block != (rule.mcore, layer) or self._tensors[k] is None:
             self._tensors = []  # drop the previous block before reading the next
             block = self.reader.read_layer(rule.mcore, layer) if rule.per_layer else self.reader.read(rule.mcore)
             self._tensors = rule.transform.to_hf(block, self.dims)
             for n, t, sym in zip(rule.hf_names(layer), self._tensors, rule.shapes):
                 _check_shape(n, t, sym, self.arch)
             self._block = (rule.mcore, layer)
-        return self._tensors[k]
+        t, self._tensors[k] = self._tensors[k], None  # handed over: the block's memory goes as its parts do
+        return t
 
     def close(self) -> None:
         self._tensors, self._block = [], None
