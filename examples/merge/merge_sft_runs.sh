@@ -23,7 +23,7 @@ done
 
 $PY -m megatron_align merge --method linear --models "$OUT/child1" "$OUT/child2" --force "$OUT/linear"
 $PY -m megatron_align merge --method task_arithmetic --models "$OUT/child1" "$OUT/child2" --base "$OUT/parent" \
-    --weights 0.5 0.5 --force "$OUT/task_arithmetic"
+    --weights 0.5 0.5 --to hf --force "$OUT/task_arithmetic"   # an HF directory: transformers loads it
 $PY -m megatron_align merge --method model_stock --models "$OUT/child1" "$OUT/child2" --base "$OUT/parent" \
     --force "$OUT/model_stock"
 

@@ -66,13 +66,12 @@ def _finish(mixed: Tensor, divisor, base: Tensor, p: MergeParams) -> Tensor:
     return mixed.add_(base)
 
 
-def _combine_linear(deltas, base: Tensor, p: MergeParams) -> Tensor:
+def _combine_linear(delta: Callable[[int], Tensor], base: Tensor, p: MergeParams) -> Tensor:
     """``θ_0 + λ Σ_i w_i δ_i / D``, ``D = Σ_i w_i`` (|D| < 1e-8 → 1) dividing only under ``normalize``;
-    ``deltas`` is an iterable consumed one task vector at a time."""
+    ``delta(i)`` makes one task vector at a time."""
     mixed = torch.zeros_like(base)
-    for d, w in zip(deltas, p.weights):
-        mixed.add_(d, alpha=float(w))
-        del d
+    for i, w in enumerate(p.weights):
+        mixed.add_(delta(i), alpha=float(w))
     divisor = float(sum(p.weights))
     return _finish(mixed, 1.0 if abs(divisor) < 1e-8 else divisor, base, p)
 
@@ -95,7 +94,7 @@ def _combine_consensus(deltas: List[Tensor], base: Tensor, p: MergeParams) -> Te
 def task_arithmetic(models: Sequence[Tensor], base: Optional[Tensor], p: MergeParams, rng=None) -> Tensor:
     """``θ = θ_0 + λ Σ w_i (θ_i − θ_0)`` (divided by ``Σ w_i`` under ``--normalize``; off by default).
     Ilharco et al., Editing models with task arithmetic, arXiv 2212.04089."""
-    return _combine_linear((models[i] - base for i in range(len(p.weights))), base, p)
+    return _combine_linear(lambda i: models[i] - base, base, p)
 
 
 def magnitude_prune(delta: Tensor, density: float) -> Tensor:
@@ -132,8 +131,7 @@ def ties(models: Sequence[Tensor], base: Optional[Tensor], p: MergeParams, rng=N
 def dare_linear(models: Sequence[Tensor], base: Optional[Tensor], p: MergeParams, rng=None) -> Tensor:
     """DARE + task arithmetic: ``θ = θ_0 + λ Σ w_i DARE(δ_i)`` (see :func:`random_drop_rescale`).
     Yu et al., Language models are Super Mario, arXiv 2311.03099."""
-    return _combine_linear((random_drop_rescale(models[i] - base, p.density, rng) for i in range(len(p.weights))),
-                           base, p)
+    return _combine_linear(lambda i: random_drop_rescale(models[i] - base, p.density, rng), base, p)
 
 
 def dare_ties(models: Sequence[Tensor], base: Optional[Tensor], p: MergeParams, rng=None) -> Tensor:

@@ -40,7 +40,8 @@ def test_merge_recipe_reports_eval_loss_per_category(tmp_path):
         own = _final_eval(out / child)
         for k in cats | {"eval_loss"}:
             assert by[child][k] == pytest.approx(own[k], rel=1e-5), (child, k)
-    # parent + 0.5 (c1 − parent) + 0.5 (c2 − parent) is the average of the children
+    # parent + 0.5 (c1 − parent) + 0.5 (c2 − parent) is the average of the children (written as HF, scored
+    # through evaluate's HF path)
     for k in cats | {"eval_loss"}:
         assert by["task_arithmetic"][k] == pytest.approx(by["linear"][k], abs=2e-4)
     # merging changed the model: neither child's losses
