@@ -12,7 +12,7 @@ import os
 import shutil
 import time
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -45,7 +45,6 @@ class MergeSpec:
     force: bool = False
     max_shard_size: int = 5 * 10**9
     make_vocab_size_divisible_by: int = 128
-    extra: Dict = field(default_factory=dict)
 
 
 def check_request(spec: MergeSpec) -> Tuple[MergeMethod, MergeParams]:
@@ -168,18 +167,9 @@ class _LazyInputs(Sequence[torch.Tensor]):
         return self.sources[i].get(self.name).to(self.dtype)
 
 
-def _swap_into_place(tmp: str, out: str) -> None:
-    if os.path.exists(out):
-        old = f"{out}.old-{os.getpid()}"
-        os.replace(out, old)
-        os.replace(tmp, out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, out)
-
-
 def merge(spec: MergeSpec) -> Dict:
     """Run a merge; returns a summary (method, output, format, tensor count, seconds)."""
+    from megatron_align.checkpoint import layout
     from megatron_align.convert.hf_io import write_sharded_safetensors_lazy
     from megatron_align.convert.hf_to_mcore import write_release
     from megatron_align.convert.mcore_to_hf import write_hf_files
@@ -210,7 +200,7 @@ def merge(spec: MergeSpec) -> Dict:
                 padded_vocab_size(arch.vocab_size, spec.make_vocab_size_divisible_by, 1)
             write_release(view, arch, tmp, padded_vocab=padded, dtype=spec.dtype,
                           tokenizer_src=lead.tokenizer_dir, hf_code_src=lead.hf_code_dir)
-        _swap_into_place(tmp, out)
+        layout.replace_dir(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
         for s in everyone:
