@@ -140,3 +140,42 @@ def test_dare_is_seeded_per_tensor(mzoo, tmp_path, capsys):
         outs.append(load_hf(tmp_path / name))
     k = "model.layers.0.mlp.up_proj.weight"
     assert torch.equal(outs[0][k], outs[1][k]) and not torch.equal(outs[0][k], outs[2][k])
+
+
+def test_megatron_input_saved_in_other_chunks(mzoo, tmp_path, capsys):
+    """A dist-checkpoint stored in TP/PP-like pieces (each key split along the layer axis and its last axis, as
+    a TP=2 x PP=2 save stores it) merges to exactly the tensors of the unsplit one."""
+    import shutil
+
+    from megatron_align.convert.dcp_io import Chunk, DistCheckpointReader, write_dist_checkpoint
+
+    split = tmp_path / "split"
+    shutil.copytree(mzoo["ft1_mcore"], split)
+    model_dir = split / "release" / "model"
+    shutil.rmtree(model_dir)
+    reader = DistCheckpointReader(os.path.join(mzoo["ft1_mcore"], "release", "model"))
+    chunks = []
+    for k in reader.keys():
+        shape = reader.shape(k)
+        axes = [0, len(shape) - 1] if k.startswith("decoder.layers.") and len(shape) > 1 else [len(shape) - 1]
+        blocks = [((0,) * len(shape), shape)]
+        for ax in axes:  # halve every block along each axis
+            nxt = []
+            for off, size in blocks:
+                h = size[ax] // 2
+                for o, s in ((off[ax], h), (off[ax] + h, size[ax] - h)):
+                    nxt.append((off[:ax] + (o,) + off[ax + 1:], size[:ax] + (s,) + size[ax + 1:]))
+            blocks = nxt
+        for off, size in blocks:
+            chunks.append(Chunk(k, shape, off, size, reader.dtype(k), (lambda k=k, o=off, s=size: reader.read(k, o, s))))
+    assert len(chunks) > 2 * len(reader.keys())
+    write_dist_checkpoint(str(model_dir), chunks)
+
+    outs = {}
+    for name, second in (("whole", mzoo["ft1_mcore"]), ("pieces", split)):
+        outs[name] = tmp_path / name
+        run_merge(["--method", "model_stock", "--models", mzoo["ft0_mcore"], second, "--base", mzoo["base_mcore"],
+                   "--to", "hf", outs[name]], capsys)
+    a, b = load_hf(outs["whole"]), load_hf(outs["pieces"])
+    for k in a:
+        assert torch.equal(a[k], b[k]), k

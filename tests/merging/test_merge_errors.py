@@ -127,3 +127,14 @@ def test_not_a_checkpoint(tmp_path, capsys, mzoo):
     (tmp_path / "empty").mkdir()
     err = refused(["--method", "linear", "--models", mzoo["ft0"], tmp_path / "empty", tmp_path / "o"], capsys)
     assert "neither a Hugging Face model directory" in err
+
+
+def test_evaluate_refuses_missing_checkpoint_and_eval_set(tmp_path, capsys, mzoo):
+    cfg = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+                       "examples", "configs", "tiny_cpu.yaml")
+    rc = main(["evaluate", "--config", cfg, "--load", str(tmp_path / "nope")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and err.startswith("error: ") and "nope does not exist" in err and len(err.splitlines()) == 1
+    rc = main(["evaluate", "--config", cfg, "--load", mzoo["ft0_mcore"], "data.eval_path=null"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "data.eval_path is null" in err.splitlines()[-1]
