@@ -69,6 +69,8 @@ def check_request(spec: MergeSpec) -> Tuple[MergeMethod, MergeParams]:
         raise MergeError(f"--method {m.name} takes no --density")
     if spec.density is not None and not 0 < spec.density <= 1:
         raise MergeError(f"--density must be in (0, 1], got {spec.density}")
+    if spec.normalize is not None and m.name == "model_stock":
+        raise MergeError("--method model_stock takes no --normalize/--no-normalize")
     if spec.filter_wise and m.name != "model_stock":
         raise MergeError("--filter-wise applies to model_stock only")
     weights = list(spec.weights) if spec.weights is not None else [1.0] * len(spec.models)

@@ -72,6 +72,9 @@ def test_bad_weight_and_option_misuse(mzoo, tmp_path, capsys):
     err = refused(["--method", "linear", "--models", mzoo["ft0"], mzoo["ft1"], "--base", mzoo["base"],
                    tmp_path / "o"], capsys)
     assert "takes no --base" in err
+    err = refused(["--method", "model_stock", "--models", mzoo["ft0"], mzoo["ft1"], "--base", mzoo["base"],
+                   "--normalize", tmp_path / "o"], capsys)
+    assert "takes no --normalize" in err
     err = refused(["--method", "ties", "--models", mzoo["ft0"], "--base", mzoo["base"], "--density", "0",
                    tmp_path / "o"], capsys)
     assert "--density must be in (0, 1]" in err
