@@ -32,6 +32,8 @@ COMMANDS: Dict[str, Command] = {
     "logprobs": Command("megatron_align.commands.logprobs", "token log-probs of sequences under a checkpoint"),
     "plot": Command("megatron_align.commands.plot", "plot loss and throughput of a run directory"),
     "plan": Command("megatron_align.commands.plan", "memory and parallelism planner"),
+    "merge": Command("megatron_align.commands.merge", "merge checkpoints: linear, task arithmetic, Model Stock, TIES, DARE"),
+    "evaluate": Command("megatron_align.commands.evaluate", "eval loss of checkpoints, overall and per category"),
 }
 
 

@@ -94,15 +94,20 @@ def commit(root: str, tmp_dir: str, name: str) -> str:
     """Mark ``tmp_dir`` complete, move it to ``root/name``, then move the `latest` marker to it."""
     _atomic_write(os.path.join(tmp_dir, COMPLETE), "ok\n")
     final = os.path.join(root, name)
-    if os.path.exists(final):
-        old = f"{final}.old-{os.getpid()}"
-        os.replace(final, old)
-        os.replace(tmp_dir, final)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp_dir, final)
+    replace_dir(tmp_dir, final)
     _atomic_write(os.path.join(root, LATEST), name + "\n")
     return final
+
+
+def replace_dir(src: str, dst: str) -> None:
+    """Move directory ``src`` to ``dst``, replacing ``dst`` if it exists (renames only, then the old copy is deleted)."""
+    if os.path.exists(dst):
+        old = f"{dst}.old-{os.getpid()}"
+        os.replace(dst, old)
+        os.replace(src, dst)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(src, dst)
 
 
 def prune(root: str, keep_last: int) -> None:

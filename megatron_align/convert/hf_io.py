@@ -12,7 +12,7 @@ import fnmatch
 import json
 import os
 import shutil
-from typing import Dict, Iterable, List, Optional, Tuple
+from typing import Callable, Dict, Iterable, List, Optional, Tuple
 
 import torch
 
@@ -203,9 +203,15 @@ _SAFE_NAMES = {v: k for k, v in _SAFE_DTYPES.items()}
 def write_safetensors(path: str, tensors: Dict[str, torch.Tensor]) -> None:
     """The safetensors format written tensor by tensor from the tensors' own memory (``save_file`` would
     first copy the whole shard into bytes)."""
+    write_safetensors_lazy(path, tensors, tensors.__getitem__)
+
+
+def write_safetensors_lazy(path: str, metas: Dict[str, torch.Tensor], produce: Callable[[str], torch.Tensor]) -> None:
+    """Write a safetensors file whose header comes from ``metas`` (shape + dtype, e.g. ``meta`` tensors) and
+    whose tensors are produced one at a time, in order, and dropped once written: peak memory is one tensor."""
     header: Dict[str, object] = {"__metadata__": {"format": "pt"}}
     offset = 0
-    for name, t in tensors.items():
+    for name, t in metas.items():
         n = t.numel() * t.element_size()
         header[name] = {"dtype": _SAFE_NAMES[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + n]}
         offset += n
@@ -214,9 +220,40 @@ def write_safetensors(path: str, tensors: Dict[str, torch.Tensor]) -> None:
     with open(path, "wb") as f:
         f.write(len(raw).to_bytes(8, "little"))
         f.write(raw)
-        for t in tensors.values():
+        for name, m in metas.items():
+            t = produce(name)
+            if tuple(t.shape) != tuple(m.shape) or t.dtype != m.dtype:
+                raise ConvertError(f"{path}: {name} was produced as {tuple(t.shape)} {t.dtype}, planned "
+                                   f"{tuple(m.shape)} {m.dtype}")
             if t.numel():
                 f.write(memoryview(t.contiguous().view(torch.uint8).reshape(-1).numpy()))
+            del t
+
+
+def write_sharded_safetensors_lazy(path: str, metas: Dict[str, torch.Tensor], produce: Callable[[str], torch.Tensor],
+                                   max_shard_size: int) -> List[str]:
+    """``model-0000k-of-0000n.safetensors`` + index, shards planned from ``metas`` (the greedy split of
+    :class:`ShardedSafetensorsWriter`) and filled by ``produce(name)`` one tensor at a time."""
+    shards: List[Dict[str, torch.Tensor]] = [{}]
+    size = 0
+    for name, m in metas.items():
+        nbytes = m.numel() * m.element_size()
+        if shards[-1] and size + nbytes > max_shard_size:
+            shards.append({})
+            size = 0
+        shards[-1][name] = m
+        size += nbytes
+    os.makedirs(path, exist_ok=True)
+    files, weight_map = [], {}
+    for k, shard in enumerate(shards):
+        final = f"model-{k + 1:05d}-of-{len(shards):05d}.safetensors"
+        write_safetensors_lazy(os.path.join(path, final), shard, produce)
+        weight_map.update({name: final for name in shard})
+        files.append(final)
+    total = sum(m.numel() * m.element_size() for m in metas.values())
+    with open(os.path.join(path, SAFE_INDEX), "w") as f:
+        json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2)
+    return files
 
 
 def copy_matching(src: str, dst: str, patterns: Iterable[str]) -> List[str]:

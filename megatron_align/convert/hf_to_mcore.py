@@ -8,7 +8,7 @@ written when the DCP file writer reaches it.
 from __future__ import annotations
 
 import os
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Protocol
 
 import torch
 
@@ -20,6 +20,14 @@ from megatron_align.convert.hf_io import HF_CODE_PATTERNS, TOKENIZER_PATTERNS, H
 from megatron_align.models.arch import ArchSpec, padded_vocab_size
 
 HF_CODE_DIR = "hf_code"
+
+
+class TensorsByHFName(Protocol):
+    """What the writers read from: :class:`HFReader`, or any view (e.g. a merge) with the same two methods."""
+
+    def meta(self, name: str) -> torch.Tensor: ...  # shape + dtype, no data
+
+    def get(self, name: str) -> torch.Tensor: ...
 
 
 def _names_preview(names: List[str], limit: int = 8) -> str:
@@ -56,7 +64,7 @@ def _check_shape(name: str, t: torch.Tensor, symbols, arch: ArchSpec) -> None:
     raise ConvertError(f"shape mismatch: {name} has shape {tuple(t.shape)}, expected {want} from the config")
 
 
-def plan_chunks(reader: HFReader, arch: ArchSpec, padded_vocab: int, dtype: Optional[torch.dtype]) -> List[Chunk]:
+def plan_chunks(reader: TensorsByHFName, arch: ArchSpec, padded_vocab: int, dtype: Optional[torch.dtype]) -> List[Chunk]:
     d = mapping.dims(arch, padded_vocab)
     chunks: List[Chunk] = []
     for rule in mapping.rules_for(arch):
@@ -76,7 +84,7 @@ def plan_chunks(reader: HFReader, arch: ArchSpec, padded_vocab: int, dtype: Opti
     return chunks
 
 
-def _producer(reader: HFReader, rule: mapping.Rule, names: List[str], d, dtype, stacked: bool) -> Callable:
+def _producer(reader: TensorsByHFName, rule: mapping.Rule, names: List[str], d, dtype, stacked: bool) -> Callable:
     def produce() -> torch.Tensor:
         t = rule.transform.to_mcore([reader.get(n).to(dtype) for n in names], d)
         return t.unsqueeze(0) if stacked else t
@@ -93,17 +101,24 @@ def extra_state_objects(arch: ArchSpec) -> Dict[str, bytes]:
 def hf_to_mcore(src: str, dst: str, *, family: Optional[str] = None, dtype: Optional[torch.dtype] = None,
                 make_vocab_size_divisible_by: int = 128) -> str:
     """Convert; returns the written checkpoint directory (``dst/release``)."""
-    from megatron_align.checkpoint import layout
-
     arch = arch_from_hf(read_config(src), os.path.join(src, "config.json"), family)
     reader = HFReader(src)
     check_tensor_names(reader.names(), arch, src)
     # Stored like a TP=1 megatron save; loading at another TP re-pads (megatron reads the overlap).
     padded = padded_vocab_size(arch.vocab_size, make_vocab_size_divisible_by, 1)
-    chunks = plan_chunks(reader, arch, padded, dtype)
+    return write_release(reader, arch, dst, padded_vocab=padded, dtype=dtype, tokenizer_src=src, hf_code_src=src)
+
+
+def write_release(reader: TensorsByHFName, arch: ArchSpec, dst: str, *, padded_vocab: int,
+                  dtype: Optional[torch.dtype], tokenizer_src: str, hf_code_src: str) -> str:
+    """Stream the HF-named tensors of ``reader`` into ``dst/release`` (dist-checkpoint + arch.json + tokenizer),
+    committed atomically with ``dst/latest``; returns ``dst/release``."""
+    from megatron_align.checkpoint import layout
+
+    chunks = plan_chunks(reader, arch, padded_vocab, dtype)
     tmp = layout.begin(dst, layout.RELEASE)
     write_dist_checkpoint(os.path.join(tmp, layout.MODEL_DIR), chunks, extra_state_objects(arch))
     layout.write_arch(tmp, arch)
-    copy_matching(src, os.path.join(tmp, layout.TOKENIZER_DIR), TOKENIZER_PATTERNS)
-    copy_matching(src, os.path.join(tmp, HF_CODE_DIR), HF_CODE_PATTERNS)
+    copy_matching(tokenizer_src, os.path.join(tmp, layout.TOKENIZER_DIR), TOKENIZER_PATTERNS)
+    copy_matching(hf_code_src, os.path.join(tmp, HF_CODE_DIR), HF_CODE_PATTERNS)
     return layout.commit(dst, tmp, layout.RELEASE)

@@ -81,8 +81,14 @@ def mcore_to_hf(src: str, dst: str, *, family: Optional[str] = None, dtype: Opti
         else:
             emit(rule, -1, reader.read(rule.mcore))
     writer.close()
-    with open(os.path.join(dst, "config.json"), "w") as f:
-        json.dump(hf_config_from_arch(arch, torch_dtype_name(out_dtype)), f, indent=2)
-    copy_matching(os.path.join(ckpt, layout.TOKENIZER_DIR), dst, TOKENIZER_PATTERNS)
-    copy_matching(os.path.join(ckpt, HF_CODE_DIR), dst, HF_CODE_PATTERNS)
+    write_hf_files(dst, arch, out_dtype, os.path.join(ckpt, layout.TOKENIZER_DIR), os.path.join(ckpt, HF_CODE_DIR))
     return dst
+
+
+def write_hf_files(dst: str, arch: ArchSpec, dtype: Optional[torch.dtype], tokenizer_src: str,
+                   hf_code_src: str) -> None:
+    """Everything of an HF model directory but the weights: config.json, tokenizer and remote-code files."""
+    with open(os.path.join(dst, "config.json"), "w") as f:
+        json.dump(hf_config_from_arch(arch, torch_dtype_name(dtype)), f, indent=2)
+    copy_matching(tokenizer_src, dst, TOKENIZER_PATTERNS)
+    copy_matching(hf_code_src, dst, HF_CODE_PATTERNS)
