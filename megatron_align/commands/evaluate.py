@@ -39,7 +39,9 @@ def evaluate_checkpoint(config: str, overrides: List[str], load: str, scratch: s
               f"output_dir={os.path.join(scratch, 'run')}"]
     cfg = load_config(SFTConfig, config, list(overrides) + forced)
     if cfg.data.eval_path is None:
-        raise ValueError(f"{config}: data.eval_path is null; nothing to evaluate")
+        from megatron_align.errors import UserError
+
+        raise UserError(f"{config}: data.eval_path is null; nothing to evaluate")
     trainer = SFTTrainer(cfg)
     trainer.setup()
     return trainer.evaluate()
@@ -59,8 +61,6 @@ def format_table(results: Dict[str, Dict[str, float]]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from megatron_align.checkpoint.layout import CheckpointError
-    from megatron_align.convert.errors import ConvertError
     from megatron_align.runtime import teardown
     from megatron_align.runtime.launch_env import detect_launch_env
 
@@ -72,9 +72,10 @@ def run(args: argparse.Namespace) -> int:
         with tempfile.TemporaryDirectory(prefix="megatron-align-eval-") as scratch:
             for load in loads:
                 results[load] = evaluate_checkpoint(args.config, overrides, load, scratch)
-    except (ConvertError, CheckpointError, ValueError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    except FileNotFoundError as exc:
+        from megatron_align.errors import UserError
+
+        raise UserError(str(exc)) from None
     finally:
         teardown()
     if detect_launch_env().rank == 0:

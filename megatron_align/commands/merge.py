@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 
 
 class _List(argparse.Action):
@@ -51,31 +50,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from megatron_align.checkpoint.layout import CheckpointError
     from megatron_align.convert.api import DTYPES
-    from megatron_align.convert.errors import ConvertError
     from megatron_align.convert.hf_io import parse_size
+    from megatron_align.errors import UserError
     from megatron_align.merging.merge import MergeSpec, merge
 
     if args.output is None and getattr(args, "last_list", None) and len(getattr(args, args.last_list)) > 1:
         args.output = getattr(args, args.last_list).pop()
     if args.output is None:
-        print("error: the output directory is missing (megatron-align merge ... OUTPUT)", file=sys.stderr)
-        return 2
+        raise UserError("the output directory is missing (megatron-align merge ... OUTPUT)")
     try:
         weights = None if args.weights is None else [float(w) for w in args.weights]
     except ValueError as exc:
-        print(f"error: --weights: {exc}", file=sys.stderr)
-        return 2
+        raise UserError(f"--weights: {exc}") from None
     spec = MergeSpec(method=args.method, models=list(args.models), output=args.output, base=args.base,
                      weights=weights, lam=args.lam, density=args.density, normalize=args.normalize,
                      filter_wise=args.filter_wise, seed=args.seed, to=args.to,
                      dtype=DTYPES[args.dtype] if args.dtype else None, force=args.force,
                      max_shard_size=parse_size(args.max_shard_size))
-    try:
-        summary = merge(spec)
-    except (ConvertError, CheckpointError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    summary = merge(spec)
     print(json.dumps(summary))
     return 0

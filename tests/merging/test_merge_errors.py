@@ -13,7 +13,7 @@ def refused(args, capsys):
     rc = main(["merge"] + [str(a) for a in args])
     err = capsys.readouterr().err.strip()
     assert rc == 2, err
-    assert len(err.splitlines()) == 1 and err.startswith("error: "), err
+    assert len(err.splitlines()) == 1 and err.startswith(("megatron-align merge: error: ", "megatron-align evaluate: error: ")), err
     assert "Traceback" not in err
     return err
 
@@ -137,7 +137,7 @@ def test_evaluate_refuses_missing_checkpoint_and_eval_set(tmp_path, capsys, mzoo
                        "examples", "configs", "tiny_cpu.yaml")
     rc = main(["evaluate", "--config", cfg, "--load", str(tmp_path / "nope")])
     err = capsys.readouterr().err.strip()
-    assert rc == 2 and err.startswith("error: ") and "nope does not exist" in err and len(err.splitlines()) == 1
+    assert rc == 2 and err.startswith(("megatron-align merge: error: ", "megatron-align evaluate: error: ")) and "nope does not exist" in err and len(err.splitlines()) == 1
     rc = main(["evaluate", "--config", cfg, "--load", mzoo["ft0_mcore"], "data.eval_path=null"])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and "data.eval_path is null" in err.splitlines()[-1]
