@@ -87,12 +87,27 @@ def save_training(root: str, step: int, chunks: List[torch.nn.Module], optimizer
     return final
 
 
+def _is_torch_adam(opt: torch.optim.Optimizer) -> bool:
+    """megatron-core uses TE's FusedAdam when Transformer Engine imports, else Apex's, else torch's
+    AdamW (decided at import of ``megatron.core.optimizer``); look at the instance it built."""
+    return isinstance(opt, (torch.optim.Adam, torch.optim.AdamW))
+
+
 def _materialise_optimizer_state(optimizer) -> None:
-    """Create zero Adam states (and step) before loading: torch's Adam makes them lazily at the first
-    step, and megatron's optimizers need them to exist to build the state dict they load into."""
+    """Create zero Adam states and a per-parameter ``step`` before loading torch's Adam/AdamW.
+
+    torch's Adam makes its state lazily at the first step, and megatron's DistributedOptimizer reads
+    ``state[p]["step"]`` of every parameter to build the state dict it loads into (its no-Apex/TE
+    branch). TE's FusedAdam (>= 1.13) keeps ``step`` in the param group instead and its
+    ``state_dict()`` maps every per-parameter key through a dtype table that knows only ``exp_avg``,
+    ``exp_avg_sq`` and ``master_param``: a ``step`` entry there raises ``KeyError('step')``. For
+    FusedAdam megatron's own ``init_state_fn`` / dummy-state initialisation is all it needs.
+    """
     inner = getattr(optimizer, "chained_optimizers", None) or [optimizer]
     for opt in inner:
         torch_opt = opt.optimizer
+        if not _is_torch_adam(torch_opt):
+            continue
         for group in torch_opt.param_groups:
             for p in group["params"]:
                 st = torch_opt.state[p]

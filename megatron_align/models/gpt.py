@@ -18,7 +18,7 @@ from megatron.core.models.gpt import GPTModel
 from megatron.core.tensor_parallel.layers import ColumnParallelLinear
 
 from megatron_align.models.arch import ArchSpec
-from megatron_align.models.rope import rope_freqs_from_positions, rope_inv_freq
+from megatron_align.models.rope import rope_freqs_from_positions, rope_inv_freq, share_inv_freq
 
 
 class AlignOutputLayer(ColumnParallelLinear):
@@ -52,6 +52,7 @@ class AlignGPTModel(GPTModel):
         self.arch = arch
         self.register_buffer("rope_inv_freq", rope_inv_freq(arch.kv_channels, arch.rope_theta, arch.rope_scaling),
                              persistent=False)
+        share_inv_freq(getattr(self, "rotary_pos_emb", None), self.rope_inv_freq)  # THD path: same freqs
         if self.post_process:
             out = self.output_layer
             out.__class__ = AlignOutputLayer
