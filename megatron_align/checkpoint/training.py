@@ -63,6 +63,7 @@ def save_training(root: str, step: int, chunks: List[torch.nn.Module], optimizer
     _barrier()
     save_model(chunks, os.path.join(tmp, layout.MODEL_DIR))
     model_sd = model_sharded_state_dict(chunks)
+    _materialise_optimizer_state(optimizer)  # no state yet if every step so far was skipped (fp16 overflow)
     os.makedirs(os.path.join(tmp, layout.OPTIM_DIR), exist_ok=True)
     dist_checkpointing.save(optimizer.sharded_state_dict(model_sd, metadata=OPTIM_METADATA),
                             os.path.join(tmp, layout.OPTIM_DIR))
