@@ -67,4 +67,9 @@ class AlignGPTModel(GPTModel):
                                        padding_mask=padding_mask))
         if packed_seq_params is None and position_ids is not None and out[1] is not None:
             out[1] = rope_freqs_from_positions(self.rope_inv_freq, position_ids)
+            if self.config.apply_rope_fusion:  # TE's fused kernel takes one [s, 1, 1, d] table for all rows
+                if not bool((position_ids == position_ids[:1]).all()):
+                    raise ValueError("fused RoPE (transformer_impl=te) needs the same positions in every row; "
+                                     "pass packed rows with cu_seqlens (THD)")
+                out[1] = out[1][:, :1]
         return tuple(out)

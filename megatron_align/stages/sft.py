@@ -249,6 +249,7 @@ class SFTTrainer:
     # ---------------------------------------------------------------- loop
     def run(self) -> Dict[str, float]:
         from megatron_align.engine.metrics import MetricsWriter
+        from megatron_align.engine.mfu import step_mfu
 
         cfg = self.cfg
         self.setup()
@@ -291,10 +292,9 @@ class SFTTrainer:
                       "token_utilization": stats.tokens / max(stats.slots, 1),
                       "tokens_per_sec": stats.tokens / max(stats.seconds, 1e-9), "step_time": stats.seconds,
                       "consumed_samples": step * cfg.train.global_batch_size, "epoch": self.sampler.epoch}
-            if torch.cuda.is_available() and peak > 0:
-                flops = 6 * n_params * stats.tokens + 6 * self.arch.num_layers * self.arch.hidden_size * \
-                    cfg.data.seq_length * stats.tokens
-                record["mfu"] = flops / stats.seconds / (peak * self.rt.world_size)
+            mfu = step_mfu(self.arch, self.data.train.lengths[global_ids], stats.seconds, self.rt.world_size,
+                           seq_length=cfg.data.seq_length)  # None: unknown peak (e.g. CPU)
+            record.update({} if mfu is None else {"mfu": mfu})
             if step % cfg.train.log_interval == 0 or step == total:
                 writer.log(record)
             last = record

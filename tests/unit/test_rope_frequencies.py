@@ -73,3 +73,28 @@ def test_shape_mismatch_is_refused():
     rot = _megatron_rotary(arch)
     with pytest.raises(ValueError, match="RoPE"):
         share_inv_freq(rot, torch.ones(3))
+
+
+def _te_importable():
+    try:
+        import transformer_engine  # noqa: F401
+
+        return torch.cuda.is_available()
+    except Exception:
+        return False
+
+
+def test_te_path_uses_fused_rope_local_path_does_not():
+    """Item 6: megatron's unfused THD RoPE syncs with the host in every layer; the TE spec asks for TE's
+    fused kernel (megatron refuses the flag when TE's kernel is absent, as on this CPU machine)."""
+    from megatron_align.config.model import ModelConfig
+    from megatron_align.config.parallel import ParallelConfig
+    from megatron_align.models.builder import transformer_config
+
+    arch, model, par = preset("tiny-llama"), ModelConfig(name="tiny-llama", precision="fp32"), ParallelConfig()
+    assert transformer_config(arch, model, par, "local").apply_rope_fusion is False
+    if _te_importable():
+        assert transformer_config(arch, model, par, "te").apply_rope_fusion is True
+    else:
+        with pytest.raises(ValueError, match="apply_rope_fusion"):
+            transformer_config(arch, model, par, "te")
