@@ -56,6 +56,7 @@ def measure_save(out_dir: str, sharding: str, hidden: int, layers: int) -> Dict[
     training.OPTIM_SHARDING = sharding
     arch = preset("tiny-llama").replace(hidden_size=hidden, ffn_hidden_size=3 * hidden, num_layers=layers,
                                         num_attention_heads=hidden // 32, num_query_groups=hidden // 64)
+    os.makedirs(out_dir, exist_ok=True)
     hf = os.path.join(out_dir, f"config_{os.environ['RANK']}.json")
     with open(hf, "w") as f:
         json.dump(arch_to_hf_config(arch, torch_dtype="float32"), f)
