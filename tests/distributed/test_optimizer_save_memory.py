@@ -4,7 +4,8 @@ The old `fully_reshardable` save allocated, on every rank, fp32 param/exp_avg/ex
 the whole gradient buffer and all-gathered every rank's shard into them (measured with
 `python tests/helpers/save_memory.py 512 4`, 14.7 M parameters: +536 MiB per rank, against +35 MiB for
 `dp_reshardable`). Asserted: a save stays below three fp32 copies of the model, the floor of the old
-gather alone; it writes this rank's half of them.
+gather alone; it writes this rank's half of them. At this test's size (8.7 M parameters, 99 MiB limit):
+old format +320 / +314 MiB, new +30 / +7 MiB.
 """
 
 import pytest
