@@ -114,6 +114,8 @@ def check_mfu(out, impl):
 
     from megatron_align.engine.mfu import PEAK_BF16_TFLOPS
 
+    if not torch.cuda.is_available():
+        return False, {"error": "no CUDA device: MFU is reported on GPUs only"}
     shutil.rmtree(out, ignore_errors=True)
     sft(out, impl + ["train.max_steps=3", "model.precision=bf16"])
     with open(os.path.join(out, "metrics.jsonl")) as f:
