@@ -20,8 +20,55 @@ from megatron_align.checkpoint.model_io import load_model, model_sharded_state_d
 from megatron_align.models.arch import ArchSpec
 
 RNG_DIR = "rng"
-# Optimizer states in the canonical per-parameter layout, so a run can resume at another TP/PP/DP.
-OPTIM_METADATA = {"distrib_optim_sharding_type": "fully_reshardable"}
+# DistributedOptimizer checkpoint format. `dp_reshardable`: every rank writes its own DP shard of the
+# fp32 params and Adam states as they lie in its buffers (no gather, no host copy of the whole buffer);
+# it loads at another DP size, but TP/PP/VPP must match the save (checked on load with a clear message).
+# `fully_reshardable` (the format before) also loads at another TP/PP, but during every save it
+# all-gathered every DP rank's fp32 param/exp_avg/exp_avg_sq into host memory on every rank (megatron
+# 0.16.1's memory-efficient variant needs gloo groups and still gathers on DP rank 0, and its
+# `fully_sharded_model_space` is refused by its own ShardedTensor validation: flattened_range).
+# The format is recorded in the trainer state, so older checkpoints still load in the format they were saved.
+OPTIM_SHARDING = "dp_reshardable"
+LEGACY_OPTIM_SHARDING = "fully_reshardable"
+LAYOUT_BOUND_SHARDINGS = {"dp_reshardable"}
+
+
+def optim_metadata(sharding: Optional[str] = None) -> Dict[str, Any]:
+    return {"distrib_optim_sharding_type": sharding or OPTIM_SHARDING}
+
+
+def _uses_distributed_optimizer(optimizer) -> bool:
+    from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer
+
+    inner = getattr(optimizer, "chained_optimizers", None) or [optimizer]
+    return any(isinstance(opt, DistributedOptimizer) for opt in inner)
+
+
+def model_parallel_layout() -> Dict[str, int]:
+    from megatron.core import parallel_state
+
+    return {"tp": parallel_state.get_tensor_model_parallel_world_size(),
+            "pp": parallel_state.get_pipeline_model_parallel_world_size(),
+            "vpp": parallel_state.get_virtual_pipeline_model_parallel_world_size() or 1}
+
+
+def check_optim_layout(ckpt_dir: str, state: Dict[str, Any], current: Dict[str, int], distributed: bool) -> None:
+    """A DP-sharded optimizer checkpoint resumes only at the TP/PP/VPP it was saved with."""
+    sharding = state.get("optim_sharding", LEGACY_OPTIM_SHARDING)
+    saved = state.get("optim_layout")
+    if sharding not in LAYOUT_BOUND_SHARDINGS or not saved or not saved.get("distributed"):
+        return
+    if not distributed:
+        raise ValueError(f"{ckpt_dir}: its optimizer state is sharded by megatron's distributed optimizer; "
+                         "resume with parallel.distributed_optimizer=true (or train.finetune=true to load the "
+                         "weights alone)")
+    diff = {k: (saved[k], current[k]) for k in ("tp", "pp", "vpp") if saved.get(k) != current[k]}
+    if diff:
+        was = ", ".join(f"{k}={a}" for k, (a, _) in diff.items())
+        now = ", ".join(f"{k}={b}" for k, (_, b) in diff.items())
+        raise ValueError(f"{ckpt_dir}: its optimizer state was saved at {was} and can resume only there (now "
+                         f"{now}; the data-parallel size may change); set train.finetune=true to load the "
+                         f"weights alone")
 
 
 def _rng_state() -> Dict[str, Any]:
@@ -63,13 +110,16 @@ def save_training(root: str, step: int, chunks: List[torch.nn.Module], optimizer
     _barrier()
     save_model(chunks, os.path.join(tmp, layout.MODEL_DIR))
     model_sd = model_sharded_state_dict(chunks)
+    _materialise_optimizer_state(optimizer)  # no state yet if every step so far was skipped (fp16 overflow)
+    layout_now, distributed = model_parallel_layout(), _uses_distributed_optimizer(optimizer)
     os.makedirs(os.path.join(tmp, layout.OPTIM_DIR), exist_ok=True)
-    dist_checkpointing.save(optimizer.sharded_state_dict(model_sd, metadata=OPTIM_METADATA),
+    dist_checkpointing.save(optimizer.sharded_state_dict(model_sd, metadata=optim_metadata()),
                             os.path.join(tmp, layout.OPTIM_DIR))
     os.makedirs(os.path.join(tmp, RNG_DIR), exist_ok=True)
     torch.save(_rng_state(), os.path.join(tmp, RNG_DIR, f"rank_{rank:05d}.pt"))
     if rank == 0:
-        full_state = dict(state, step=step, scheduler=scheduler.state_dict(),
+        full_state = dict(state, step=step, scheduler=scheduler.state_dict(), optim_sharding=OPTIM_SHARDING,
+                          optim_layout=dict(layout_now, distributed=distributed),
                           world_size=dist.get_world_size() if dist.is_initialized() else 1)
         with open(os.path.join(tmp, layout.STATE_FILE), "w") as f:
             json.dump(full_state, f, indent=2)
@@ -87,12 +137,27 @@ def save_training(root: str, step: int, chunks: List[torch.nn.Module], optimizer
     return final
 
 
+def _is_torch_adam(opt: torch.optim.Optimizer) -> bool:
+    """megatron-core uses TE's FusedAdam when Transformer Engine imports, else Apex's, else torch's
+    AdamW (decided at import of ``megatron.core.optimizer``); look at the instance it built."""
+    return isinstance(opt, (torch.optim.Adam, torch.optim.AdamW))
+
+
 def _materialise_optimizer_state(optimizer) -> None:
-    """Create zero Adam states (and step) before loading: torch's Adam makes them lazily at the first
-    step, and megatron's optimizers need them to exist to build the state dict they load into."""
+    """Create zero Adam states and a per-parameter ``step`` before loading torch's Adam/AdamW.
+
+    torch's Adam makes its state lazily at the first step, and megatron's DistributedOptimizer reads
+    ``state[p]["step"]`` of every parameter to build the state dict it loads into (its no-Apex/TE
+    branch). TE's FusedAdam (>= 1.13) keeps ``step`` in the param group instead and its
+    ``state_dict()`` maps every per-parameter key through a dtype table that knows only ``exp_avg``,
+    ``exp_avg_sq`` and ``master_param``: a ``step`` entry there raises ``KeyError('step')``. For
+    FusedAdam megatron's own ``init_state_fn`` / dummy-state initialisation is all it needs.
+    """
     inner = getattr(optimizer, "chained_optimizers", None) or [optimizer]
     for opt in inner:
         torch_opt = opt.optimizer
+        if not _is_torch_adam(torch_opt):
+            continue
         for group in torch_opt.param_groups:
             for p in group["params"]:
                 st = torch_opt.state[p]
@@ -108,10 +173,12 @@ def load_training(ckpt_dir: str, chunks: List[torch.nn.Module], optimizer, sched
 
     with open(os.path.join(ckpt_dir, layout.STATE_FILE)) as f:
         state = json.load(f)
+    check_optim_layout(ckpt_dir, state, model_parallel_layout(), _uses_distributed_optimizer(optimizer))
     load_model(chunks, os.path.join(ckpt_dir, layout.MODEL_DIR))
     model_sd = model_sharded_state_dict(chunks)
     _materialise_optimizer_state(optimizer)
-    optim_sd = optimizer.sharded_state_dict(model_sd, is_loading=True, metadata=OPTIM_METADATA)
+    metadata = optim_metadata(state.get("optim_sharding", LEGACY_OPTIM_SHARDING))
+    optim_sd = optimizer.sharded_state_dict(model_sd, is_loading=True, metadata=metadata)
     loaded = dist_checkpointing.load(optim_sd, os.path.join(ckpt_dir, layout.OPTIM_DIR))
     optimizer.load_state_dict(loaded)
     scheduler.load_state_dict(state["scheduler"])

@@ -14,7 +14,8 @@ class ParallelConfig:
     pp: int = help_field(1, help="Pipeline-parallel size: ranks that split the layer stack.")
     vpp: Optional[int] = help_field(
         None, help="Virtual pipeline stages per rank (interleaved 1F1B); null for plain 1F1B. Needs pp >= 2.")
-    cp: int = help_field(1, help="Context-parallel size: ranks that split the sequence for attention.")
+    cp: int = help_field(1, help="Context-parallel size: ranks that split the sequence for attention. "
+                                  "Only 1 for now (packed rows are not yet sharded per CP rank).")
     sp: bool = help_field(False, help="Sequence parallelism (Megatron-style, within the TP group). Needs tp >= 2.")
     distributed_optimizer: bool = help_field(
         True, help="Shard optimizer states over data-parallel ranks (megatron DistributedOptimizer).")
@@ -30,6 +31,12 @@ class ParallelConfig:
                 raise ConfigError(f"parallel.vpp: must be >= 1 or null, got {self.vpp}")
             if self.vpp > 1 and self.pp < 2:
                 raise ConfigError(f"parallel.vpp={self.vpp} needs parallel.pp >= 2 (got pp={self.pp})")
+        if self.cp > 1:
+            # Megatron's THD attention/RoPE expect each CP rank to hold its 1/cp of every sample (samples
+            # padded to a multiple of 2*cp, cu_seqlens_*_padded); our batches give every rank whole rows.
+            raise ConfigError(f"parallel.cp={self.cp}: context parallelism is not supported yet (packed rows "
+                              "are not sharded per CP rank); use parallel.cp=1 and raise parallel.pp or "
+                              "model.recompute for long sequences")
         if self.sp and self.tp < 2:
             raise ConfigError("parallel.sp=true needs parallel.tp >= 2 (sequence parallelism splits within the TP group)")
         if self.timeout_minutes < 1:

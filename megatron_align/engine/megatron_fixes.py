@@ -4,7 +4,10 @@ DistributedOptimizer._set_main_param_and_optimizer_states (non precision-aware p
 key of the *destination* state into place. With torch's Adam (no Apex/TE) the destination has a
 per-parameter 'step', which load_parameter_state_from_fully_reshardable deliberately leaves out of
 the source (step is restored from param_groups), so resuming raised KeyError('step'). We copy the
-keys the source has instead, which is what the method means to do.
+state keys both sides have (the dp_reshardable format's source also carries bookkeeping such as
+'padding', which is no state), which is what the method means to do, except 'step': it is restored from
+param_groups, and the dp_reshardable source's 'step' is the stale local tensor captured before the
+load (copying it reset Adam's bias correction to step 0 after every resume).
 
 DistributedOptimizer.load_state_dict (no Apex/TE) gives every parameter's Adam state the *same*
 'step' tensor object; torch's Adam increments each parameter's step in place, so after a resume
@@ -33,8 +36,10 @@ def apply() -> None:
         group_index, group_order = self.model_param_group_index_map[model_param]
         main_param = self.optimizer.param_groups[group_index]["params"][group_order]
         dst = {"param": main_param, **self.optimizer.state[main_param]}
-        for key, value in tensors.items():
-            dst[key].copy_(value)
+        with torch.no_grad():  # the dp_reshardable load path calls this with autograd on
+            for key, value in dst.items():
+                if key in tensors and key != "step":
+                    value.copy_(tensors[key])
 
     DistributedOptimizer._set_main_param_and_optimizer_states = _set_main_param_and_optimizer_states
 

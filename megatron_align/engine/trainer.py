@@ -92,15 +92,6 @@ class Stage(abc.ABC):
         pass
 
 
-def _peak_flops_per_gpu() -> float:
-    env = os.environ.get("MEGATRON_ALIGN_PEAK_TFLOPS")
-    if env:
-        return float(env) * 1e12
-    name = torch.cuda.get_device_name() if torch.cuda.is_available() else ""
-    table = {"H100": 989e12, "H200": 989e12, "H800": 989e12, "A100": 312e12, "A800": 312e12}
-    return next((v for k, v in table.items() if k in name), 0.0)
-
-
 def _all_reduce(t: torch.Tensor, op=dist.ReduceOp.SUM, group=None) -> torch.Tensor:
     dist.all_reduce(t, op=op, group=group)
     return t
@@ -266,8 +257,9 @@ class Trainer:
         self.stage.prepare_step(self, mbs, inputs)
         self.optimizer.zero_grad()
         totals = self.policy.run(inputs, self.objective)
-        _, grad_norm, _ = self.optimizer.step()
-        self.scheduler.step(increment=1)
+        update_successful, grad_norm, _ = self.optimizer.step()
+        if update_successful:  # an fp16 overflow skips the step: the schedule does not advance either
+            self.scheduler.step(increment=1)
         from megatron.core import parallel_state
 
         last = parallel_state.is_pipeline_last_stage()
@@ -278,6 +270,9 @@ class Trainer:
         tokens, slots = extra.tolist()
         seconds = time.perf_counter() - t0
         metrics = self.stage.record(metrics)
+        mfu = self._mfu(mbs, seconds)
+        if mfu:
+            metrics["mfu"] = mfu
         metrics.update(grad_norm=float(grad_norm) if grad_norm is not None else float("nan"),
                        tokens=int(tokens), token_utilization=tokens / max(slots, 1.0),
                        tokens_per_sec=tokens / max(seconds, 1e-9), step_time=seconds)
@@ -326,13 +321,16 @@ class Trainer:
         _all_reduce(flag, op=dist.ReduceOp.MAX)
         return bool(flag.item())
 
-    def _mfu(self, tokens: int, seconds: float) -> Optional[float]:
-        peak = _peak_flops_per_gpu()
-        if not torch.cuda.is_available() or peak <= 0:
+    def _mfu(self, micro_batches, seconds: float) -> Optional[float]:
+        """MFU from the planner's FLOPs model over this DP replica's documents (per-document causal attention)
+        and the device's exact peak (None on CPU or an unknown device)."""
+        if not torch.cuda.is_available():
             return None
-        flops = 6 * self.arch.num_parameters() * tokens + \
-            6 * self.arch.num_layers * self.arch.hidden_size * self.cfg.data.seq_length * tokens
-        return flops / max(seconds, 1e-9) / (peak * self.rt.world_size)
+        from megatron_align.engine.mfu import step_mfu
+
+        lengths = [n for mb in micro_batches for _, n in mb.doc_spans]
+        return step_mfu(self.arch, lengths, seconds, self.rt.world_size // max(self.dp_size, 1),
+                        seq_length=self.cfg.data.seq_length, padded_vocab=self.policy.padded_vocab_size)
 
     # ---------------------------------------------------------------- loop
     def run(self) -> Dict[str, Any]:
@@ -374,9 +372,6 @@ class Trainer:
             self.consumed_tokens += m["tokens"]
             record = {"step": step, "loss": m.pop("loss"), "lr": self.optimizer.param_groups[0]["lr"], **m,
                       "consumed_samples": step * cfg.train.global_batch_size, "epoch": self.sampler.epoch}
-            mfu = self._mfu(m["tokens"], m["step_time"])
-            if mfu:
-                record["mfu"] = mfu
             if step % cfg.train.log_interval == 0 or step == total:
                 writer.log(record)
             last = record

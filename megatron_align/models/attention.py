@@ -9,14 +9,22 @@ attention is causal within a document and blocked across documents. Two backends
   fine for CPU tests and short rows);
 - ``flex``: FlexAttention with a document mask (GPU; O(s) memory, block-sparse).
 
-With ``attention_mask=None`` both are plain causal attention. GQA is handled by the kernel
-(``enable_gqa``); tensor parallelism needs nothing here (heads are already split).
+With ``attention_mask=None`` both are plain causal attention. Tensor parallelism needs nothing here
+(heads are already split). GQA: the kernel's ``enable_gqa`` without a mask; with SDPA's boolean mask
+K/V are repeated instead, because on CUDA torch can serve ``enable_gqa`` + a mask only with its math
+kernel (fp32 ``[b, h, s, s]`` intermediates), while repeated K/V take the memory-efficient kernel.
+
+FlexAttention's block mask depends only on the document ids, so it is built once per micro-batch
+(compiled on CUDA, so no dense ``[b, 1, s, s]`` mask is materialised) and reused by every layer and by
+recompute: :func:`flex_block_mask` caches it by the identity of the document-id tensor, which the
+model hands unchanged to every layer.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Callable, Dict, Optional
+from collections import OrderedDict
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -59,6 +67,14 @@ def shared_additive_mask(doc_ids: torch.Tensor, dtype: torch.dtype) -> torch.Ten
     return per_dtype[dtype]
 
 
+def repeat_kv(k: torch.Tensor, v: torch.Tensor, num_heads: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """[b, ng, s, hn] -> [b, np, s, hn]: query head i reads group i // (np / ng) (``enable_gqa``'s layout)."""
+    rep = num_heads // k.shape[1]
+    if rep == 1:
+        return k, v
+    return k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
+
+
 def _sdpa(q, k, v, doc_ids, dropout_p, scale):
     # q [b, np, s, hn], k/v [b, ng, s, hn]
     if doc_ids is None and q.shape[2] != k.shape[2]:
@@ -66,34 +82,61 @@ def _sdpa(q, k, v, doc_ids, dropout_p, scale):
         # position sk - sq + i. torch's is_causal aligns top-left, which would hide all but key 0.
         sq, sk = q.shape[2], k.shape[2]
         mask = torch.ones(sq, sk, dtype=torch.bool, device=q.device).tril(diagonal=sk - sq)
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, scale=scale,
-                                              enable_gqa=q.shape[1] != k.shape[1])
+        k, v = repeat_kv(k, v, q.shape[1])
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, scale=scale)
     if doc_ids is None:
         return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True, scale=scale,
                                               enable_gqa=q.shape[1] != k.shape[1])
     mask = shared_additive_mask(doc_ids, q.dtype)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, scale=scale,
-                                          enable_gqa=q.shape[1] != k.shape[1])
+    k, v = repeat_kv(k, v, q.shape[1])  # a mask with enable_gqa can only run torch's math kernel on CUDA
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, scale=scale)
 
 
 _FLEX_COMPILED: Dict[str, Callable] = {}
+# Block masks of the micro-batches in flight (1F1B / interleaved schedules hold several; recompute
+# revisits them in backward). Keyed by id of the document-id tensor, which the entry keeps alive, so an
+# id cannot be reused while cached; bounded, so finished micro-batches fall out.
+_BLOCK_MASKS: "OrderedDict[Any, Tuple[Optional[torch.Tensor], int, Any]]" = OrderedDict()
+BLOCK_MASK_CACHE_SIZE = 64
 
 
-def _flex(q, k, v, doc_ids, dropout_p, scale):
-    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+def _create_block_mask(doc_ids: Optional[torch.Tensor], b: int, s: int, device: torch.device):
+    from torch.nn.attention.flex_attention import create_block_mask
 
-    if dropout_p:
-        raise ValueError("model.attention_backend=flex does not support attention dropout")
-    if doc_ids is None and q.shape[2] != k.shape[2]:  # new tokens against a KV cache: bottom-right causal
-        return _sdpa(q, k, v, None, 0.0, scale)
-    b, _, s, _ = q.shape
     if doc_ids is None:
         def mask_mod(bi, h, qi, ki):
             return qi >= ki
     else:
         def mask_mod(bi, h, qi, ki):
             return (doc_ids[bi, qi] == doc_ids[bi, ki]) & (qi >= ki)
-    block_mask = create_block_mask(mask_mod, b, None, s, s, device=q.device)
+    # Compiled on CUDA: without it create_block_mask evaluates mask_mod densely ([b, 1, s, s]).
+    return create_block_mask(mask_mod, b, None, s, s, device=device, _compile=device.type == "cuda")
+
+
+def flex_block_mask(doc_ids: Optional[torch.Tensor], b: int, s: int, device: torch.device):
+    """The block mask for one micro-batch: built at its first layer, reused by the rest and by recompute."""
+    key = ("causal", b, s, str(device)) if doc_ids is None else id(doc_ids)
+    hit = _BLOCK_MASKS.get(key)
+    version = -1 if doc_ids is None else doc_ids._version
+    if hit is not None and hit[0] is doc_ids and hit[1] == version:
+        _BLOCK_MASKS.move_to_end(key)
+        return hit[2]
+    mask = _create_block_mask(doc_ids, b, s, device)
+    _BLOCK_MASKS[key] = (doc_ids, version, mask)
+    while len(_BLOCK_MASKS) > BLOCK_MASK_CACHE_SIZE:
+        _BLOCK_MASKS.popitem(last=False)
+    return mask
+
+
+def _flex(q, k, v, doc_ids, dropout_p, scale):
+    from torch.nn.attention.flex_attention import flex_attention
+
+    if dropout_p:
+        raise ValueError("model.attention_backend=flex does not support attention dropout")
+    if doc_ids is None and q.shape[2] != k.shape[2]:  # new tokens against a KV cache: bottom-right causal
+        return _sdpa(q, k, v, None, 0.0, scale)
+    b, _, s, _ = q.shape
+    block_mask = flex_block_mask(doc_ids, b, s, q.device)
     fn = flex_attention
     if q.is_cuda:
         fn = _FLEX_COMPILED.setdefault("flex", torch.compile(flex_attention, dynamic=False))

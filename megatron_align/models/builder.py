@@ -24,6 +24,12 @@ RECOMPUTE = {
 }
 
 
+# transformer_impl -> apply_rope_fusion. TE: THD RoPE through TE's fused kernel; megatron's unfused THD
+# path copies cu_seqlens to the host and loops over samples in every layer (a device sync per layer).
+# Local: our per-token frequencies ([s, b, 1, d], positions restart per sample) need the unfused path.
+ROPE_FUSION = {"local": False, "te": True}
+
+
 def compute_dtype(precision: str) -> torch.dtype:
     if precision == "auto":
         return torch.bfloat16 if torch.cuda.is_available() else torch.float32
@@ -43,7 +49,7 @@ def check_arch_parallel(arch: ArchSpec, parallel: ParallelConfig) -> None:
                          f"num_layers={arch.num_layers}")
 
 
-def transformer_config(arch: ArchSpec, model: ModelConfig, parallel: ParallelConfig):
+def transformer_config(arch: ArchSpec, model: ModelConfig, parallel: ParallelConfig, impl: str = "local"):
     from megatron.core.transformer import TransformerConfig
 
     check_arch_parallel(arch, parallel)
@@ -74,7 +80,7 @@ def transformer_config(arch: ArchSpec, model: ModelConfig, parallel: ParallelCon
         bias_dropout_fusion=False,
         masked_softmax_fusion=False,
         persist_layer_norm=False,
-        apply_rope_fusion=False,
+        apply_rope_fusion=ROPE_FUSION[impl],
         gradient_accumulation_fusion=False,
         use_cpu_initialization=on_cpu,
         params_dtype=dtype,
@@ -114,8 +120,8 @@ def build_model(model_cfg: ModelConfig, parallel: ParallelConfig, *, arch: Optio
     from megatron_align.models.spec import build_layer_spec, resolve_attention_backend, resolve_impl
 
     arch = arch or resolve_arch(model_cfg.name, model_cfg.hf_config, model_cfg.family, model_cfg.num_layers)
-    config = transformer_config(arch, model_cfg, parallel)
     impl = resolve_impl(model_cfg.transformer_impl)
+    config = transformer_config(arch, model_cfg, parallel, impl)
     attn = resolve_attention_backend(model_cfg.attention_backend)
     layer_spec, final_norm = build_layer_spec(impl, attn)
     vocab = padded_vocab_size(arch.vocab_size, model_cfg.make_vocab_size_divisible_by, parallel.tp)

@@ -19,7 +19,7 @@ from megatron.core.tensor_parallel.layers import ColumnParallelLinear
 from megatron.core.utils import get_pg_rank
 
 from megatron_align.models.arch import ArchSpec
-from megatron_align.models.rope import rope_freqs_from_positions, rope_inv_freq
+from megatron_align.models.rope import rope_freqs_from_positions, rope_inv_freq, share_inv_freq
 
 
 class _MaskVocabPadding(torch.autograd.Function):
@@ -74,6 +74,7 @@ class AlignGPTModel(GPTModel):
         self.head = head
         self.register_buffer("rope_inv_freq", rope_inv_freq(arch.kv_channels, arch.rope_theta, arch.rope_scaling),
                              persistent=False)
+        share_inv_freq(getattr(self, "rotary_pos_emb", None), self.rope_inv_freq)  # THD path: same freqs
         if self.post_process and head != "lm":  # a scalar head instead of the vocabulary projection
             from megatron_align.models.heads import ScalarHead
 
@@ -103,6 +104,11 @@ class AlignGPTModel(GPTModel):
             out[1] = rope_freqs_from_positions(self.rope_inv_freq, positions)
         elif packed_seq_params is None and position_ids is not None and out[1] is not None:
             out[1] = rope_freqs_from_positions(self.rope_inv_freq, position_ids)
+            if self.config.apply_rope_fusion:  # TE's fused kernel takes one [s, 1, 1, d] table for all rows
+                if not bool((position_ids == position_ids[:1]).all()):
+                    raise ValueError("fused RoPE (transformer_impl=te) needs the same positions in every row; "
+                                     "pass packed rows with cu_seqlens (THD)")
+                out[1] = out[1][:, :1]
         return tuple(out)
 
     def _postprocess(self, hidden_states, *args, **kwargs):

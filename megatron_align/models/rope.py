@@ -4,6 +4,10 @@ Megatron's local path derives RoPE positions from the sequence index, which is w
 packed rows; here the frequencies are gathered per token from ``position_ids``. The inverse
 frequencies follow Hugging Face exactly (including Llama-3.1 ``rope_scaling``), so logits
 match ``transformers`` to fp32 rounding.
+
+The same inverse frequencies drive megatron's ``RotaryEmbedding`` (the THD / Transformer Engine path
+builds its table there and indexes it per sample through ``cu_seqlens``): :func:`share_inv_freq` puts
+them in place, so both paths rotate by one set of frequencies.
 """
 
 from __future__ import annotations
@@ -36,3 +40,16 @@ def rope_freqs_from_positions(inv_freq: torch.Tensor, position_ids: torch.Tensor
     freqs = position_ids.to(torch.float32)[..., None] * inv_freq.to(position_ids.device)[None, None, :]
     emb = torch.cat((freqs, freqs), dim=-1)  # [b, s, dim]
     return emb.transpose(0, 1).unsqueeze(2).contiguous()
+
+
+def share_inv_freq(rotary_emb, inv_freq: torch.Tensor) -> None:
+    """Make megatron's ``RotaryEmbedding`` use ``inv_freq`` (HF-exact, scaling included) instead of the
+    unscaled ``1/base^(2i/d)`` it computed (megatron's own Llama-3 scaling is never switched on by our
+    builder and hard-codes 8192/1/4, which HF configs need not match)."""
+    if rotary_emb is None:
+        return
+    old = rotary_emb.inv_freq
+    if old.shape != inv_freq.shape:
+        raise ValueError(f"RoPE: megatron rotates {2 * old.numel()} channels, the model's frequencies "
+                         f"cover {2 * inv_freq.numel()}")
+    rotary_emb.inv_freq = inv_freq.to(device=old.device, dtype=old.dtype)

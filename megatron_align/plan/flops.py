@@ -9,7 +9,7 @@ re-runs only the attention core.
 
 from __future__ import annotations
 
-from typing import Dict
+from typing import Dict, Sequence
 
 from megatron_align.models.arch import ArchSpec
 
@@ -36,3 +36,21 @@ def recompute_overhead(arch: ArchSpec, seq_length: int, padded_vocab: int, recom
     if recompute == "none":
         return 0.0
     raise ValueError(f"unknown recompute {recompute!r}")
+
+
+def attention_core_flops(arch: ArchSpec, doc_lengths: Sequence[int]) -> float:
+    """Forward FLOPs of QKᵀ and AV under causal attention within each document (packed rows: a token
+    attends only to earlier tokens of its own sample): ``2·2·q·n(n+1)/2`` per layer for a document of
+    n tokens. Counting the packed row length instead overstates it by up to rows/doc-length."""
+    q = arch.num_attention_heads * arch.kv_channels
+    return arch.num_layers * 2.0 * q * float(sum(int(n) * (int(n) + 1) for n in doc_lengths))
+
+
+def step_model_flops(arch: ArchSpec, padded_vocab: int, doc_lengths: Sequence[int]) -> float:
+    """Model FLOPs of one training step (forward + backward = 3 × forward) over these documents:
+    the layers' GEMMs and the output layer per token, plus per-document causal attention. The
+    embedding lookup is no matmul and recompute is not model work (MFU, not HFU)."""
+    per_token = forward_flops_per_token(arch, 0, padded_vocab)
+    tokens = float(sum(int(n) for n in doc_lengths))
+    forward = tokens * (per_token["layer_gemms"] + per_token["output_layer"]) + attention_core_flops(arch, doc_lengths)
+    return 3.0 * forward

@@ -111,7 +111,7 @@ def setup_runtime(parallel: ParallelConfig, *, seed: int = 1234, num_attention_h
         virtual_pipeline_model_parallel_size=parallel.interleaved_vpp,
         context_parallel_size=parallel.cp,
         distributed_timeout_minutes=parallel.timeout_minutes,
-        create_gloo_process_groups=torch.cuda.is_available(),
+        create_gloo_process_groups=False,  # NCCL on GPU, gloo world on CPU: nothing uses extra gloo groups
     )
     seed_everything(seed)
     device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
