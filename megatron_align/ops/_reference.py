@@ -121,7 +121,8 @@ def packed_seq_reduce(stats: torch.Tensor, weights: torch.Tensor, cu_seqlens: to
     vals = torch.where(weights != 0, weights * logp, torch.zeros_like(logp))
     seg = segment_ids(cu_seqlens, T)
     inside = seg >= 0
-    return stats.new_zeros(S).index_add_(0, seg[inside], vals[inside])
+    out = torch.zeros(S, dtype=torch.float64, device=stats.device)  # fixed order, double: as the kernels
+    return out.index_add_(0, seg[inside], vals[inside].double()).to(stats.dtype)
 
 
 def _kl_parts(policy: torch.Tensor, ref: torch.Tensor):
