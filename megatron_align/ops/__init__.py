@@ -10,7 +10,7 @@ compiled kernels of ``megatron_align._C`` when it is built (imported lazily on f
 PyTorch twins in ``_reference`` otherwise. :func:`available_backends` lists what can run here.
 """
 
-from megatron_align.ops._backend import active_backend, available_backends, use_backend
+from megatron_align.ops._backend import active_backend, available_backends, describe_backends, use_backend
 from megatron_align.ops.cross_entropy import token_logprobs, vocab_parallel_cross_entropy
 from megatron_align.ops.packed_logprobs import packed_sequence_logprobs
 from megatron_align.ops.topk_kl import topk_kl
@@ -23,4 +23,5 @@ __all__ = [
     "available_backends",
     "active_backend",
     "use_backend",
+    "describe_backends",
 ]
