@@ -19,7 +19,7 @@ import torch
 from megatron_align.ops import _reference
 
 _OP_NAMES = ("ce_row_stats", "softmax_grad", "softmax_grad_", "packed_seq_reduce", "topk_kl_forward", "topk_kl_backward")
-_state = {"loaded": None, "forced": None, "logged": set()}
+_state = {"loaded": None, "forced": None, "logged": set(), "device_kernels": None}
 _log = logging.getLogger("megatron_align.ops")
 _TORCH_KERNELS = SimpleNamespace(**{n: getattr(_reference, n) for n in _OP_NAMES})
 
@@ -158,9 +158,24 @@ def use_backend(name: Optional[str]) -> Iterator[None]:
         _state["forced"] = old
 
 
+@contextlib.contextmanager
+def device_kernels_on_cpu(namespace) -> Iterator[None]:
+    """Test hook: inside the block CPU tensors run ``namespace``'s six primitive ops (a torch.ops
+    namespace with the extension's schemas), e.g. the CUDA kernels emulated on the host by
+    tools/cudaemu. fp64 still takes the torch twins."""
+    old = _state["device_kernels"]
+    _state["device_kernels"] = SimpleNamespace(**{n: getattr(namespace, n) for n in _OP_NAMES})
+    try:
+        yield
+    finally:
+        _state["device_kernels"] = old
+
+
 def kernels_for(device: torch.device, dtype: torch.dtype = torch.float32) -> SimpleNamespace:
     """Namespace with the six primitive ops for tensors on ``device`` (fp64 always takes the torch
     twins: the kernels take bf16/fp16/fp32)."""
+    if _state["device_kernels"] is not None and torch.device(device).type == "cpu" and dtype != torch.float64:
+        return _state["device_kernels"]
     backend = active_backend(device)
     _log_once(device, backend)
     if dtype == torch.float64 or backend == "torch":

@@ -23,8 +23,8 @@ __all__ = [
 
 
 def check_labels(labels: torch.Tensor, vocab_size: int, ignore_index: int) -> None:
-    """Raise if a label is neither ignore_index nor in [0, vocab_size) (CPU tensors only: no sync)."""
-    if labels.device.type != "cpu" or labels.numel() == 0:
+    """Raise if a label is neither ignore_index nor in [0, vocab_size), on every device (one host sync)."""
+    if labels.numel() == 0:
         return
     bad = (labels != ignore_index) & ((labels < 0) | (labels >= vocab_size))
     if bool(bad.any()):
@@ -96,9 +96,8 @@ def segment_ids(cu_seqlens: torch.Tensor, T: int) -> torch.Tensor:
 
 
 def check_cu_seqlens(cu: torch.Tensor, T: int) -> None:
-    """The C++ op's cu_seqlens checks (CPU tensors only: no sync)."""
-    if cu.device.type != "cpu":
-        return
+    """The C++ op's cu_seqlens checks, on a host copy (a device tensor costs one sync)."""
+    cu = cu.cpu()
     if int(cu[0]) < 0:
         raise RuntimeError(f"megatron_align: cu_seqlens[0] must be >= 0, got {int(cu[0])}")
     dec = (cu[1:] < cu[:-1]).nonzero()

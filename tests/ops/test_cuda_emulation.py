@@ -1,0 +1,56 @@
+"""Run the CUDA kernels on CPU: csrc/**/*.cu compiled as host code (tools/cudaemu), driven by the GPU
+test file tests/gpu/test_ops_cuda.py, in two thread schedules and under AddressSanitizer + UBSan.
+
+Each run is a subprocess (the ASan runtime must be preloaded before Python starts). Builds are
+cached under build/cudaemu by a hash of the sources. ThreadSanitizer is not run here (see
+tools/cudaemu/README.md)."""
+
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+sys.path.insert(0, os.path.join(ROOT, "tools", "cudaemu"))
+
+import build as cudaemu_build  # noqa: E402
+
+pytestmark = pytest.mark.skipif(not cudaemu_build.available(), reason="g++ not found: the CUDA emulation needs it")
+
+GPU_TESTS = os.path.join(ROOT, "tests", "gpu", "test_ops_cuda.py")
+
+
+def _run_gpu_tests(variant: str, order: str, select: str = "emulated"):
+    lib = cudaemu_build.build(variant)
+    env = dict(os.environ, CUDAEMU_LIB=lib, CUDAEMU_ORDER=order, OMP_NUM_THREADS="1",
+               PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env.update(cudaemu_build.sanitizer_env(variant))
+    cmd = [sys.executable, "-m", "pytest", GPU_TESTS, "-q", "-k", select, "-p", "no:cacheprovider"]
+    r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, f"{variant}/{order}: exit {r.returncode}\n{out[-6000:]}"
+    assert " passed" in out and " failed" not in out, out[-3000:]
+    assert "AddressSanitizer" not in out and "runtime error" not in out, out[-6000:]
+    return out
+
+
+@pytest.mark.slow
+def test_emulated_kernels_forward_and_random_schedules():
+    out = _run_gpu_tests("plain", "forward")
+    assert "35 passed" in out or "36 passed" in out, out[-2000:]
+    _run_gpu_tests("plain", "random:7")
+
+
+@pytest.mark.slow
+def test_emulated_kernels_under_asan_ubsan():
+    if not os.path.exists(cudaemu_build.sanitizer_env("asan")["LD_PRELOAD"].split()[0]):
+        pytest.skip("libasan.so not installed for this g++")
+    _run_gpu_tests("asan", "reverse")
+
+
+def test_build_script_rejects_unknown_variant():
+    with pytest.raises(ValueError, match="unknown variant 'tsan'"):
+        cudaemu_build.build("tsan")
+    assert shutil.which(cudaemu_build.cxx())
