@@ -55,6 +55,33 @@ def _global_topk(ref: torch.Tensor, k: int, shard, tp_group):
     return _select_topk(torch.cat(all_vals, dim=1), torch.cat(all_ids, dim=1), k)
 
 
+def reference_topk(ref_logits: torch.Tensor, k: int, *, tp_group: Optional[dist.ProcessGroup] = None):
+    """The reference's top-k over the (sharded) vocabulary, ties to the lower id: fp32 values and int64
+    global ids, both ``[T, k]``, identical on every TP rank. Store them at rollout time and pass them to
+    :func:`megatron_align.ops.fused_linear_topk_kl` instead of keeping the reference's full logits."""
+    V = ref_logits.shape[-1]
+    ref = ref_logits.detach().reshape(-1, V)
+    shard = shard_of(V, tp_group)
+    vals, ids = _global_topk(ref, max(1, min(int(k), shard.vocab_size)), shard, tp_group)
+    return vals.reshape(*ref_logits.shape[:-1], -1), ids.reshape(*ref_logits.shape[:-1], -1)
+
+
+class _TopkKLMath:
+    """KL of gathered [T, k] policy/reference logits and its policy gradient (the kernels, any device)."""
+
+    @staticmethod
+    def forward(pol_vals: torch.Tensor, ref_vals: torch.Tensor):
+        pol_vals, ref_vals = pol_vals.contiguous(), ref_vals.contiguous()
+        kl = kernels_for(pol_vals.device, pol_vals.dtype).topk_kl_forward(pol_vals, ref_vals)
+        return kl, (pol_vals, ref_vals, kl)
+
+    @staticmethod
+    def backward(grad_kl: torch.Tensor, saved) -> torch.Tensor:
+        pol_vals, ref_vals, kl = saved
+        kern = kernels_for(pol_vals.device, pol_vals.dtype)
+        return kern.topk_kl_backward(grad_kl.to(kl.dtype).contiguous(), pol_vals, ref_vals, kl)
+
+
 class _TopkKL(torch.autograd.Function):
     @staticmethod
     def forward(ctx, policy, ref, k, tp_group):
@@ -67,19 +94,16 @@ class _TopkKL(torch.autograd.Function):
         pol_vals = torch.where(owned, acc(policy.gather(1, col)), 0.0)
         if shard.world > 1:
             dist.all_reduce(pol_vals, op=dist.ReduceOp.SUM, group=tp_group)
-        kern = kernels_for(policy.device, pol_vals.dtype)
-        pol_vals, ref_vals = pol_vals.contiguous(), ref_vals.contiguous()
-        kl = kern.topk_kl_forward(pol_vals, ref_vals)
-        ctx.save_for_backward(pol_vals, ref_vals, kl, col, owned)
+        kl, saved = _TopkKLMath.forward(pol_vals, ref_vals)
+        ctx.save_for_backward(*saved, col, owned)
         ctx.meta = (policy.shape, policy.dtype)
         return kl
 
     @staticmethod
     def backward(ctx, grad_kl):
-        pol_vals, ref_vals, kl, col, owned = ctx.saved_tensors
+        *saved, col, owned = ctx.saved_tensors
         shape, dtype = ctx.meta
-        kern = kernels_for(pol_vals.device, pol_vals.dtype)
-        g = kern.topk_kl_backward(grad_kl.to(kl.dtype).contiguous(), pol_vals, ref_vals, kl)
+        g = _TopkKLMath.backward(grad_kl, saved)
         g = torch.where(owned, g, 0.0).to(dtype)
         grad = torch.zeros(shape, dtype=dtype, device=g.device).scatter_add_(1, col, g)
         return grad, None, None, None
