@@ -144,6 +144,9 @@ def build_model(model_cfg: ModelConfig, parallel: ParallelConfig, *, arch: Optio
             vp_stage=stage,
             arch=arch,
         )
+        if post and model_cfg.loss_backend == "fused_linear":  # the loss gets hidden + weight, not logits
+            model.output_layer.lm_head_input = True
+            model.output_layer.loss_chunk_size = model_cfg.loss_chunk_size
         if torch.cuda.is_available():
             model.cuda(torch.cuda.current_device())
         chunks.append(model)

@@ -26,6 +26,7 @@ chunk's grad_weight product in the weight's dtype, s bytes per element; backward
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
@@ -267,3 +268,59 @@ def materialised_logits_bytes(tokens: int, v_local: int, *, dtype_bytes: int = 2
     """Bytes of the unfused path ('fused' CE on materialised logits, kernels read 16-bit logits
     directly): the [T, V_local] logits saved for backward, plus their gradient in backward."""
     return dtype_bytes * tokens * v_local * (2 if backward else 1) + 16 * tokens
+
+
+@dataclass
+class LMHeadInput:
+    """What the output layer returns in place of logits when ``model.loss_backend == fused_linear``:
+    the hidden states ``[..., h]`` (gathered over the sequence when sequence parallel) and this TP
+    rank's output weight ``[V_local, h]``; the loss (``engine/loss.py::per_token_loss``) runs the fused
+    op on them. ``reduce_hidden_grad`` is False when the producer's mapping already reduces the
+    hidden gradient over TP (megatron's SP gather reduce-scatters it)."""
+
+    hidden: torch.Tensor
+    weight: torch.Tensor
+    vocab_size: int  # the real vocabulary: padding columns beyond it are masked
+    chunk_size: int = 4096
+    tp_group: Optional[dist.ProcessGroup] = None
+    reduce_hidden_grad: bool = True
+
+    # GPTModel returns ``logits.transpose(0, 1).contiguous()`` ([s, b] -> [b, s]): act on the hidden states
+    def transpose(self, d0: int, d1: int) -> "LMHeadInput":
+        return dataclasses.replace(self, hidden=self.hidden.transpose(d0, d1))
+
+    def contiguous(self) -> "LMHeadInput":
+        return dataclasses.replace(self, hidden=self.hidden.contiguous())
+
+    @property
+    def device(self) -> torch.device:
+        return self.hidden.device
+
+    @property
+    def shape(self) -> torch.Size:
+        """The shape the logits would have: [..., V_local]."""
+        return torch.Size((*self.hidden.shape[:-1], self.weight.shape[0]))
+
+    def _flat(self):
+        return self.hidden.reshape(-1, self.hidden.shape[-1])
+
+    def cross_entropy(self, labels: torch.Tensor, *, ignore_index: int = IGNORE_INDEX,
+                      label_smoothing: float = 0.0) -> torch.Tensor:
+        """Per-token CE, fp32, flattened like ``labels.reshape(-1)``."""
+        return fused_linear_cross_entropy(self._flat(), self.weight, labels.reshape(-1), tp_group=self.tp_group,
+                                          ignore_index=ignore_index, chunk_size=self.chunk_size,
+                                          label_smoothing=label_smoothing, vocab_size=self.vocab_size,
+                                          reduce_hidden_grad=self.reduce_hidden_grad)
+
+    def logprobs(self, labels: torch.Tensor, *, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
+        """Per-token ``log p(label)``, fp32, flattened like ``labels.reshape(-1)``."""
+        return fused_linear_logprobs(self._flat(), self.weight, labels.reshape(-1), tp_group=self.tp_group,
+                                     ignore_index=ignore_index, chunk_size=self.chunk_size,
+                                     vocab_size=self.vocab_size, reduce_hidden_grad=self.reduce_hidden_grad)
+
+    def logits(self) -> torch.Tensor:
+        """Materialise this rank's logits ``[..., V_local]`` (padding at -inf) for code that needs them."""
+        z = torch.matmul(self.hidden, self.weight.t())
+        start = shard_of(self.weight.shape[0], self.tp_group).vocab_start
+        pad = torch.arange(start, start + self.weight.shape[0], device=z.device) >= self.vocab_size
+        return z.masked_fill(pad, float("-inf")) if bool(pad.any()) else z

@@ -90,7 +90,7 @@ def test_backend_listing_and_forcing():
 
 
 def test_loss_backend_registry():
-    assert set(CE_BACKENDS) == {"fused", "megatron", "te"}
+    assert set(CE_BACKENDS) == {"fused", "megatron", "te", "fused_linear"}
     x, labels = torch.randn(4, 9), torch.tensor([1, -100, 8, 0])
     torch.testing.assert_close(
         get_ce_backend("fused")(x, labels, tp_group=None, ignore_index=-100, label_smoothing=0.0),
