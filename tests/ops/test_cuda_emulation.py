@@ -1,11 +1,12 @@
 """Run the CUDA kernels on CPU: csrc/**/*.cu compiled as host code (tools/cudaemu), driven by the GPU
-test file tests/gpu/test_ops_cuda.py, in two thread schedules and under AddressSanitizer + UBSan.
+test files tests/gpu/, in two thread schedules and under AddressSanitizer + UBSan.
 
 Each run is a subprocess (the ASan runtime must be preloaded before Python starts). Builds are
 cached under build/cudaemu by a hash of the sources. ThreadSanitizer is not run here (see
 tools/cudaemu/README.md)."""
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -19,7 +20,7 @@ import build as cudaemu_build  # noqa: E402
 
 pytestmark = pytest.mark.skipif(not cudaemu_build.available(), reason="g++ not found: the CUDA emulation needs it")
 
-GPU_TESTS = os.path.join(ROOT, "tests", "gpu", "test_ops_cuda.py")
+GPU_TESTS = os.path.join(ROOT, "tests", "gpu")
 
 
 def _run_gpu_tests(variant: str, order: str, select: str = "emulated"):
@@ -39,7 +40,8 @@ def _run_gpu_tests(variant: str, order: str, select: str = "emulated"):
 @pytest.mark.slow
 def test_emulated_kernels_forward_and_random_schedules():
     out = _run_gpu_tests("plain", "forward")
-    assert "35 passed" in out or "36 passed" in out, out[-2000:]
+    passed = re.search(r"(\d+) passed", out)
+    assert passed and int(passed.group(1)) >= 42, out[-2000:]  # every emulated check ran
     _run_gpu_tests("plain", "random:7")
 
 
