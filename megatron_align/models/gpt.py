@@ -52,16 +52,17 @@ class AlignOutputLayer(ColumnParallelLinear):
     def _lm_head_input(self, input_, w):
         from megatron_align.ops.fused_linear import LMHeadInput
 
-        tp = parallel_state.get_tensor_model_parallel_world_size()
+        group = self.tp_group  # the layer's own TP group (a refit replica is not described by parallel_state)
+        tp = torch.distributed.get_world_size(group) if group is not None and torch.distributed.is_initialized() else 1
         hidden, reduce_hidden_grad = input_, True  # without SP the op all-reduces its partial hidden grad
         if self.sequence_parallel and tp > 1:
             from megatron.core.tensor_parallel.mappings import gather_from_sequence_parallel_region
 
-            hidden = gather_from_sequence_parallel_region(input_, tensor_parallel_output_grad=True)
+            hidden = gather_from_sequence_parallel_region(input_, tensor_parallel_output_grad=True, group=group)
             reduce_hidden_grad = False  # the gather's backward reduce-scatters it
         padded = w.shape[0] * tp
         return LMHeadInput(hidden, w, min(self.true_vocab_size or padded, padded), self.loss_chunk_size,
-                           parallel_state.get_tensor_model_parallel_group() if tp > 1 else None, reduce_hidden_grad)
+                           group if tp > 1 else None, reduce_hidden_grad)
 
 
 class AlignGPTModel(GPTModel):

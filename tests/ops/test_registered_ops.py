@@ -10,7 +10,7 @@ from megatron_align.ops.loss_backends import CE_BACKENDS, get_ce_backend
 
 
 def _ext():
-    from conftest import _ext_ok
+    from ext_state import _ext_ok
 
     if not _ext_ok():
         pytest.skip("megatron_align._C is not built")
