@@ -52,6 +52,28 @@ def test_emulated_kernels_under_asan_ubsan():
     _run_gpu_tests("asan", "reverse")
 
 
+@pytest.mark.parametrize("case,rc,message", [
+    ("reduce", 0, "reduce ok"),
+    ("bad_config", 0, "invalid configuration argument"),
+    ("divergent", -6, "divergent __syncthreads: thread 0 __syncthreads at"),
+    ("exited_lane", -6, "the mask names lane 3, which has exited"),
+])
+def test_emulator_negative_controls(case, rc, message):
+    """The emulator computes a shuffle+barrier reduction exactly and reports what a GPU would hang or
+    misbehave on (divergent barrier, shuffle with an exited lane), not silently run it."""
+    r = subprocess.run([cudaemu_build.build_selftest("plain"), case], capture_output=True, text=True, timeout=60)
+    assert r.returncode == rc and message in r.stdout + r.stderr, (r.returncode, r.stdout, r.stderr)
+
+
+def test_emulator_under_asan_catches_out_of_bounds_read():
+    exe = cudaemu_build.build_selftest("asan")
+    r = subprocess.run([exe, "oob"], capture_output=True, text=True, timeout=60,
+                       env=dict(os.environ, ASAN_OPTIONS="detect_leaks=0"))
+    assert r.returncode != 0 and "heap-buffer-overflow" in r.stderr and "read_past_end" in r.stderr, r.stderr[-2000:]
+    plain = subprocess.run([cudaemu_build.build_selftest("plain"), "oob"], capture_output=True, text=True, timeout=60)
+    assert plain.returncode == 3  # without ASan the same bug goes unnoticed: why CI runs the ASan variant
+
+
 def test_build_script_rejects_unknown_variant():
     with pytest.raises(ValueError, match="unknown variant 'tsan'"):
         cudaemu_build.build("tsan")

@@ -95,6 +95,21 @@ def build(variant: str = "plain", out_dir: str | None = None) -> str:
     return lib
 
 
+def build_selftest(variant: str = "plain", out_dir: str | None = None) -> str:
+    """Compile selftest.cu (the emulator's negative controls) into an executable; returns its path."""
+    out_dir = out_dir or os.environ.get("CUDAEMU_BUILD_DIR") or os.path.join(ROOT, "build", "cudaemu")
+    os.makedirs(out_dir, exist_ok=True)
+    src = os.path.join(HERE, "selftest.cu")
+    h = hashlib.sha256(open(src, "rb").read() + open(os.path.join(HERE, "cudaemu.h"), "rb").read()).hexdigest()[:16]
+    exe = os.path.join(out_dir, f"selftest_{variant}_{h}")
+    if not os.path.exists(exe):
+        _run([cxx(), "-std=c++17", "-g", "-O1", *(["-fsanitize=address"] if variant == "asan" else []),
+              "-include", os.path.join(HERE, "cudaemu.h"), f"-I{os.path.join(HERE, 'include')}",
+              "-Wno-unknown-pragmas", "-x", "c++", src, "-o", exe + ".tmp"])
+        os.replace(exe + ".tmp", exe)
+    return exe
+
+
 def sanitizer_env(variant: str) -> Dict[str, str]:
     """Environment for a process that loads the variant: ASan must be the first library loaded."""
     if variant != "asan":
