@@ -6,7 +6,7 @@ CPU sources always, CUDA sources when nvcc and a CUDA build of torch are present
 Environment knobs:
   MEGATRON_ALIGN_SKIP_EXT=1   build no extension at all (pure-Python fallbacks are used)
   MEGATRON_ALIGN_SKIP_CUDA=1  build only the CPU sources even where CUDA is available
-  TORCH_CUDA_ARCH_LIST        honoured by torch's build helpers (default here: "8.0;9.0")
+  TORCH_CUDA_ARCH_LIST        honoured by torch's build helpers (default here: "8.0;9.0+PTX")
   MAX_JOBS                    parallel compile jobs
 
 The build must see the installed torch: ``make setup`` installs torch from TORCH_SPEC, then the package
@@ -23,6 +23,8 @@ import sys
 from setuptools import find_packages, setup
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+# SASS for A100 and H100, plus PTX of the newest: a newer GPU JIT-compiles the PTX instead of failing to launch.
+DEFAULT_CUDA_ARCH_LIST = "8.0;9.0+PTX"
 
 
 def _read_version() -> str:
@@ -59,7 +61,7 @@ def _extensions():
         cxx_flags.append("-fopenmp")
     extra_link = ["-fopenmp"] if sys.platform.startswith("linux") else []
     if with_cuda:
-        os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
+        os.environ.setdefault("TORCH_CUDA_ARCH_LIST", DEFAULT_CUDA_ARCH_LIST)
         ext = cpp_extension.CUDAExtension(
             name="megatron_align._C",
             sources=cpu_sources + cuda_sources,

@@ -50,17 +50,33 @@ inline void check_logits(const at::Tensor& logits, const char* name = "logits") 
   logits_dtype(logits, name);
 }
 
-/// Labels must be a global id in [0, vocab_size) or ignore_index. Checked on CPU tensors only
-/// (a CUDA check would synchronise); the kernels treat any label they do not own as "not here".
+/// A CPU tensor to validate on the host: t itself, or a synchronous copy of a device tensor (a few
+/// KB of labels / cu_seqlens; the sync is the price of raising the same error on every device).
+inline at::Tensor host_copy(const at::Tensor& t) { return t.device().is_cpu() ? t.contiguous() : t.to(at::kCPU); }
+
+/// Labels must be a global id in [0, vocab_size) or ignore_index, on every device (a label the
+/// kernels do not own is "not here", so an out-of-range one would silently make the loss logsumexp).
 inline void check_label_range(const at::Tensor& labels, int64_t vocab_size, int64_t ignore_index) {
-  if (!labels.device().is_cpu()) return;
-  const at::Tensor l = labels.contiguous();
+  const at::Tensor l = host_copy(labels);
   const int64_t* p = l.data_ptr<int64_t>();
   for (int64_t i = 0; i < l.numel(); ++i) {
     TORCH_CHECK(p[i] == ignore_index || (p[i] >= 0 && p[i] < vocab_size), "megatron_align: labels[", i,
                 "] = ", p[i], " is outside the vocabulary [0, ", vocab_size, ") and is not ignore_index (",
                 ignore_index, ")");
   }
+}
+
+/// cu_seqlens must start >= 0, never decrease and end <= T: checked on the host before any kernel
+/// indexes rows with it (on CUDA a bad one made packed_seq_reduce read past its buffers).
+inline void check_cu_seqlens(const at::Tensor& cu_seqlens, int64_t T) {
+  const at::Tensor cu = host_copy(cu_seqlens);
+  const int64_t* c = cu.data_ptr<int64_t>();
+  const int64_t S = cu.numel() - 1;
+  TORCH_CHECK(c[0] >= 0, "megatron_align: cu_seqlens[0] must be >= 0, got ", c[0]);
+  for (int64_t i = 0; i < S; ++i)
+    TORCH_CHECK(c[i + 1] >= c[i], "megatron_align: cu_seqlens must be non-decreasing, but cu_seqlens[", i + 1,
+                "] = ", c[i + 1], " < cu_seqlens[", i, "] = ", c[i]);
+  TORCH_CHECK(c[S] <= T, "megatron_align: cu_seqlens[-1] = ", c[S], " exceeds the number of tokens ", T);
 }
 
 inline void check_shard(const at::Tensor& logits, int64_t vocab_start, int64_t vocab_size) {
@@ -166,16 +182,9 @@ at::Tensor packed_seq_reduce(const at::Tensor& stats_in, const at::Tensor& weigh
   check_vector(weights, "weights", at::kFloat, T, stats_in, "stats");
   check_vector(cu_seqlens, "cu_seqlens", at::kLong, -1, stats_in, "stats");
   TORCH_CHECK(cu_seqlens.size(0) >= 1, "megatron_align: cu_seqlens needs at least one entry (0)");
+  check_cu_seqlens(cu_seqlens, T);
   const at::Tensor cu = cu_seqlens.contiguous();
   const int64_t S = cu.size(0) - 1;
-  if (cu.device().is_cpu()) {
-    const int64_t* c = cu.data_ptr<int64_t>();
-    TORCH_CHECK(c[0] >= 0, "megatron_align: cu_seqlens[0] must be >= 0, got ", c[0]);
-    for (int64_t i = 0; i < S; ++i)
-      TORCH_CHECK(c[i + 1] >= c[i], "megatron_align: cu_seqlens must be non-decreasing, but cu_seqlens[", i + 1,
-                  "] = ", c[i + 1], " < cu_seqlens[", i, "] = ", c[i]);
-    TORCH_CHECK(c[S] <= T, "megatron_align: cu_seqlens[-1] = ", c[S], " exceeds the number of tokens ", T);
-  }
   const at::Tensor stats = stats_in.contiguous(), w = weights.contiguous();
   at::Tensor out = at::empty({S}, stats.options());
   const float* st = stats.data_ptr<float>();

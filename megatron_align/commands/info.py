@@ -34,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
                   f"params={a.num_parameters() / 1e9:.2f}B")
         return 0
     from megatron_align.models.spec import resolve_attention_backend, resolve_impl
-    from megatron_align.ops import available_backends
+    from megatron_align.ops import available_backends, describe_backends
 
     try:
         from megatron.core import package_info
@@ -57,6 +57,7 @@ def run(args: argparse.Namespace) -> int:
         ("transformer-engine", _version("transformer_engine")),
         ("apex", _version("apex")),
         ("extension megatron_align._C", ext),
+        ("ops backend", describe_backends()),
         ("CUDA device", torch.cuda.get_device_name() if cuda else "none (CPU backend over gloo)"),
     ]
     arch = preset(args.model)

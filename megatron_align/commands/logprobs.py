@@ -130,8 +130,13 @@ def compute_logprobs(args: argparse.Namespace, job: ForwardJob) -> int:
         tp_group = tp_group_or_none()
 
         def per_token(inputs, logits):
-            lp = token_logprobs(logits.reshape(-1, logits.shape[-1]), inputs.labels.reshape(-1),
-                               tp_group=tp_group).float().cpu()
+            from megatron_align.ops.fused_linear import LMHeadInput
+
+            if isinstance(logits, LMHeadInput):  # model.loss_backend=fused_linear
+                lp = logits.logprobs(inputs.labels).float().cpu()
+            else:
+                lp = token_logprobs(logits.reshape(-1, logits.shape[-1]), inputs.labels.reshape(-1),
+                                   tp_group=tp_group).float().cpu()
             docs = inputs.docs
             return {sid: lp[a:a + n - 1].tolist()
                     for sid, a, n in zip(docs.sample_ids, docs.start.tolist(), docs.length.tolist())}

@@ -20,8 +20,12 @@ class ModelConfig:
         None, help="Force the family when it cannot be read from hf_config.", choices=("llama", "qwen2", "baichuan2"))
     loss_backend: str = help_field(
         "fused", help="Cross-entropy implementation in the loss path: our fused kernel, megatron-core's "
-                      "vocab_parallel_cross_entropy, or Transformer Engine's (when installed).",
-        choices=("fused", "megatron", "te"))
+                      "vocab_parallel_cross_entropy, Transformer Engine's (when installed), or fused_linear "
+                      "(the LM head fused with the loss, in chunks of loss_chunk_size tokens: the [tokens, vocab] "
+                      "logits are never materialised).",
+        choices=("fused", "megatron", "te", "fused_linear"))
+    loss_chunk_size: int = help_field(
+        4096, help="loss_backend=fused_linear: tokens per chunk (one fp32 [chunk, vocab/TP] logits buffer at a time).")
     transformer_impl: str = help_field(
         "auto", help="Layer spec: 'local' (megatron-core modules, runs on CPU), 'te' (Transformer Engine), "
                      "'auto' (te when it imports and CUDA is present, else local).",
@@ -50,6 +54,8 @@ class ModelConfig:
         choices=("lm", "reward", "value"))
 
     def validate(self) -> None:
+        if self.loss_chunk_size < 1:
+            raise ConfigError(f"model.loss_chunk_size: must be >= 1, got {self.loss_chunk_size}")
         if self.recompute_k < 1:
             raise ConfigError(f"model.recompute_k: must be >= 1, got {self.recompute_k}")
         if self.make_vocab_size_divisible_by < 1:

@@ -20,12 +20,15 @@ def per_token_loss(inputs: ModelInputs, loss_backend: str, logits: torch.Tensor)
     """Per-token CE over the TP-sharded vocab ([b*s], fp32) and the float loss mask ([b*s])."""
     from megatron.core import parallel_state
 
+    from megatron_align.ops.fused_linear import LMHeadInput
     from megatron_align.ops.loss_backends import get_ce_backend
 
     mask = inputs.loss_mask.to(torch.float32)
     labels = inputs.labels.masked_fill(mask == 0, IGNORE_INDEX)
     tp_group = parallel_state.get_tensor_model_parallel_group() \
         if parallel_state.get_tensor_model_parallel_world_size() > 1 else None
+    if isinstance(logits, LMHeadInput):  # model.loss_backend == fused_linear: no logits were made
+        return logits.cross_entropy(labels, ignore_index=IGNORE_INDEX), mask.reshape(-1)
     ce = get_ce_backend(loss_backend)
     per_token = ce(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), tp_group=tp_group,
                    ignore_index=IGNORE_INDEX)

@@ -107,12 +107,20 @@ def doc_logps(inputs: ModelInputs, logits: torch.Tensor, *, all_tokens: bool = F
     from megatron_align.convert.inference import tp_group_or_none
     from megatron_align.ops import packed_sequence_logprobs
 
+    from megatron_align.ops.fused_linear import LMHeadInput, fused_linear_packed_logprobs
+
     docs = inputs.docs
     labels = inputs.labels.reshape(-1)
     mask = (labels != -100).float() if all_tokens else inputs.loss_mask.reshape(-1).float()
     cu = inputs.cu_seqlens.to(torch.int64)
-    sums = packed_sequence_logprobs(logits.reshape(-1, logits.shape[-1]), labels, cu, loss_mask=mask,
-                                    tp_group=tp_group_or_none())
+    if isinstance(logits, LMHeadInput):  # model.loss_backend=fused_linear: the logits are never materialised
+        h = logits
+        sums, _ = fused_linear_packed_logprobs(h._flat(), h.weight, labels, cu, loss_mask=mask, tp_group=h.tp_group,
+                                               chunk_size=h.chunk_size, vocab_size=h.vocab_size,
+                                               reduce_hidden_grad=h.reduce_hidden_grad)
+    else:
+        sums = packed_sequence_logprobs(logits.reshape(-1, logits.shape[-1]), labels, cu, loss_mask=mask,
+                                        tp_group=tp_group_or_none())
     seg = torch.searchsorted(cu[:-1], docs.start)  # the segment of each document (documents start segments)
     counts = torch.zeros(cu.numel() - 1, dtype=torch.float64, device=mask.device)
     counts.index_add_(0, torch.bucketize(torch.arange(labels.numel(), device=cu.device), cu[1:], right=True),

@@ -153,6 +153,9 @@ def build_model(model_cfg: ModelConfig, parallel: ParallelConfig, *, arch: Optio
             head=model_cfg.head,
         )
         use_uneven_kblocks(model.decoder)  # k-block recompute with k not dividing the stage's layers
+        if post and model_cfg.head == "lm" and model_cfg.loss_backend == "fused_linear":
+            model.output_layer.lm_head_input = True  # the loss gets hidden + weight, not logits
+            model.output_layer.loss_chunk_size = model_cfg.loss_chunk_size
         if torch.cuda.is_available():
             model.cuda(torch.cuda.current_device())
         chunks.append(model)

@@ -50,11 +50,15 @@ class AlignOutputLayer(ColumnParallelLinear):
     norm_head: bool = False
     vocab_start: int = 0
     true_vocab_size: Optional[int] = None
+    lm_head_input: bool = False  # model.loss_backend == fused_linear: hand the loss hidden + weight, no logits
+    loss_chunk_size: int = 4096
 
     def forward(self, input_, weight=None, runtime_gather_output=None):
         w = self.weight if weight is None else weight
         if self.norm_head:
             w = F.normalize(w, dim=-1)
+        if self.lm_head_input and not runtime_gather_output:  # inference still gets logits
+            return self._lm_head_input(input_, w), None
         logits, bias = super().forward(input_, weight=w, runtime_gather_output=False)
         n_local = logits.shape[-1]
         n_valid = max(0, min(n_local, (self.true_vocab_size or 10**12) - self.vocab_start))
@@ -65,6 +69,21 @@ class AlignOutputLayer(ColumnParallelLinear):
 
             logits = gather_from_tensor_model_parallel_region(logits, group=self.tp_group)
         return logits, bias
+
+    def _lm_head_input(self, input_, w):
+        from megatron_align.ops.fused_linear import LMHeadInput
+
+        group = self.tp_group  # the layer's own TP group (a refit replica is not described by parallel_state)
+        tp = torch.distributed.get_world_size(group) if group is not None and torch.distributed.is_initialized() else 1
+        hidden, reduce_hidden_grad = input_, True  # without SP the op all-reduces its partial hidden grad
+        if self.sequence_parallel and tp > 1:
+            from megatron.core.tensor_parallel.mappings import gather_from_sequence_parallel_region
+
+            hidden = gather_from_sequence_parallel_region(input_, tensor_parallel_output_grad=True, group=group)
+            reduce_hidden_grad = False  # the gather's backward reduce-scatters it
+        padded = w.shape[0] * tp
+        return LMHeadInput(hidden, w, min(self.true_vocab_size or padded, padded), self.loss_chunk_size,
+                           group if tp > 1 else None, reduce_hidden_grad)
 
 
 class AlignGPTModel(GPTModel):

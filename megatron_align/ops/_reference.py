@@ -23,8 +23,8 @@ __all__ = [
 
 
 def check_labels(labels: torch.Tensor, vocab_size: int, ignore_index: int) -> None:
-    """Raise if a label is neither ignore_index nor in [0, vocab_size) (CPU tensors only: no sync)."""
-    if labels.device.type != "cpu" or labels.numel() == 0:
+    """Raise if a label is neither ignore_index nor in [0, vocab_size), on every device (one host sync)."""
+    if labels.numel() == 0:
         return
     bad = (labels != ignore_index) & ((labels < 0) | (labels >= vocab_size))
     if bool(bad.any()):
@@ -96,9 +96,8 @@ def segment_ids(cu_seqlens: torch.Tensor, T: int) -> torch.Tensor:
 
 
 def check_cu_seqlens(cu: torch.Tensor, T: int) -> None:
-    """The C++ op's cu_seqlens checks (CPU tensors only: no sync)."""
-    if cu.device.type != "cpu":
-        return
+    """The C++ op's cu_seqlens checks, on a host copy (a device tensor costs one sync)."""
+    cu = cu.cpu()
     if int(cu[0]) < 0:
         raise RuntimeError(f"megatron_align: cu_seqlens[0] must be >= 0, got {int(cu[0])}")
     dec = (cu[1:] < cu[:-1]).nonzero()
@@ -121,7 +120,8 @@ def packed_seq_reduce(stats: torch.Tensor, weights: torch.Tensor, cu_seqlens: to
     vals = torch.where(weights != 0, weights * logp, torch.zeros_like(logp))
     seg = segment_ids(cu_seqlens, T)
     inside = seg >= 0
-    return stats.new_zeros(S).index_add_(0, seg[inside], vals[inside])
+    out = torch.zeros(S, dtype=torch.float64, device=stats.device)  # fixed order, double: as the kernels
+    return out.index_add_(0, seg[inside], vals[inside].double()).to(stats.dtype)
 
 
 def _kl_parts(policy: torch.Tensor, ref: torch.Tensor):

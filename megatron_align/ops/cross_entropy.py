@@ -12,6 +12,7 @@ from typing import Optional
 
 import torch
 import torch.distributed as dist
+from torch.autograd.graph import increment_version
 
 from megatron_align.ops._backend import kernels_for
 from megatron_align.ops._reference import acc
@@ -53,6 +54,10 @@ class _RowSoftmaxLoss(torch.autograd.Function):
         args = (labels, m, logsum, scale, 1.0 - smoothing, smoothing / n_vocab, shard.vocab_start)
         if inplace and logits.stride(-1) == 1:
             k.softmax_grad_(logits, *args)
+            # The compiled op's in-place write is invisible to autograd; bump the version counter so a
+            # node that saved the same logits (tanh soft-capping, a z-loss) raises instead of reading
+            # the gradient as if it were its saved input.
+            increment_version(logits)
             grad = logits
         else:
             grad = k.softmax_grad(logits, *args)

@@ -10,6 +10,9 @@ with ``logits_shard`` ``[T, V_local]`` or ``[S, B, V_local]`` and a per-token fp
   ignore_index, so ignored labels are replaced by 0 and their loss (hence gradient) zeroed here.
   Under TP>1 its label smoothing averages over the *local* shard (megatron-core 0.16 behaviour).
 - ``"te"``: Transformer Engine's ``parallel_cross_entropy`` when ``transformer_engine`` imports.
+- ``"fused_linear"``: the model hands the loss an :class:`~megatron_align.ops.fused_linear.LMHeadInput`
+  (hidden states + output weight) and ``engine/loss.py`` runs the fused LM-head ops on it; this entry
+  only serves callers that still hold materialised logits (e.g. inference), with the "fused" kernels.
 """
 
 from __future__ import annotations
@@ -67,7 +70,7 @@ def _te(logits, labels, *, tp_group=None, ignore_index=-100, label_smoothing=0.0
     return (loss.squeeze(1) if squeeze else loss).float()
 
 
-CE_BACKENDS: Dict[str, CEBackend] = {"fused": _fused, "megatron": _megatron, "te": _te}
+CE_BACKENDS: Dict[str, CEBackend] = {"fused": _fused, "megatron": _megatron, "te": _te, "fused_linear": _fused}
 
 
 def get_ce_backend(name: str) -> CEBackend:

@@ -14,7 +14,7 @@ import torch
 import torch.distributed as dist
 
 from megatron_align.ops._backend import kernels_for
-from megatron_align.ops._reference import acc, segment_ids
+from megatron_align.ops._reference import acc, check_cu_seqlens, segment_ids
 from megatron_align.ops._tp import flatten_rows, reduce_row_stats, shard_of
 
 IGNORE_INDEX = -100
@@ -65,6 +65,7 @@ def packed_sequence_logprobs(
         raise ValueError(f"cu_seqlens must be 1-D with num_seqs + 1 entries, got shape {tuple(cu_seqlens.shape)}")
     if cu_seqlens.dtype not in (torch.int32, torch.int64):
         raise TypeError(f"cu_seqlens must be int32 or int64, got {cu_seqlens.dtype}")
+    check_cu_seqlens(cu_seqlens.to(torch.int64), T)  # on the host, before any device kernel indexes with it
     cu = cu_seqlens.to(device=logits.device, dtype=torch.int64).contiguous()
     wdtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
     if loss_mask is None:

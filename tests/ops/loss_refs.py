@@ -41,7 +41,8 @@ def packed(x, labels, cu, loss_mask=None, average=False):
 
 def topk_kl(p, r, k):
     k = min(k, p.shape[-1])
-    idx = torch.topk(r.double(), k, dim=-1).indices
+    # documented tie rule: value descending, then the lower vocab id (a stable descending sort)
+    idx = torch.sort(r.double(), dim=-1, descending=True, stable=True).indices[..., :k]
     lp = torch.log_softmax(p.double().gather(-1, idx), dim=-1)
     lq = torch.log_softmax(r.double().gather(-1, idx), dim=-1)
     return (lp.exp() * (lp - lq)).sum(-1)

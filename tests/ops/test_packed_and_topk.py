@@ -93,6 +93,16 @@ def test_topk_kl_bf16_extreme_and_gradcheck(backend, gen):
     assert torch.autograd.gradcheck(lambda t: ops.topk_kl(t, y, k=6), (x.requires_grad_(),))
 
 
+@pytest.mark.parametrize("k", [1, 7, 40])
+def test_topk_kl_ties_take_the_lower_id(backend, gen, k):
+    # bf16 reference logits from 4 levels: the k-th value is tied across most of each row
+    r = torch.randint(0, 4, (12, 97), generator=gen).bfloat16()
+    p = torch.randn(12, 97, generator=gen)
+    ours, g_ours = R.grad_of(lambda t: ops.topk_kl(t, r, k=k), p)
+    ref, g_ref = R.grad_of(lambda t: R.topk_kl(t, r.double(), k), p.double())
+    assert R.err(ours, ref) <= 1e-6 and R.err(g_ours, g_ref) <= 1e-6
+
+
 def test_topk_kl_errors():
     with pytest.raises(ValueError, match="equal shapes"):
         ops.topk_kl(torch.randn(2, 3), torch.randn(2, 4))

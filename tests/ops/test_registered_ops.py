@@ -10,7 +10,7 @@ from megatron_align.ops.loss_backends import CE_BACKENDS, get_ce_backend
 
 
 def _ext():
-    from conftest import _ext_ok
+    from ext_state import _ext_ok
 
     if not _ext_ok():
         pytest.skip("megatron_align._C is not built")
@@ -90,7 +90,7 @@ def test_backend_listing_and_forcing():
 
 
 def test_loss_backend_registry():
-    assert set(CE_BACKENDS) == {"fused", "megatron", "te"}
+    assert set(CE_BACKENDS) == {"fused", "megatron", "te", "fused_linear"}
     x, labels = torch.randn(4, 9), torch.tensor([1, -100, 8, 0])
     torch.testing.assert_close(
         get_ce_backend("fused")(x, labels, tp_group=None, ignore_index=-100, label_smoothing=0.0),

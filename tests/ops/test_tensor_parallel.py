@@ -48,6 +48,7 @@ def tp_worker(tp: int):
     labels[4] = -100
     cu = torch.tensor([0, 3, 3, 8, 10])
     mask = torch.rand(T, generator=g) > 0.2
+    ties = torch.randint(0, 3, (T, V_GLOBAL), generator=g).bfloat16()  # most of a row ties at the k-th value
 
     def shard(t):
         return t[:, rank * v_local:(rank + 1) * v_local]
@@ -65,6 +66,8 @@ def tp_worker(tp: int):
                     t, labels, cu, loss_mask=mask, average=True, tp_group=grp),
                 "topk_kl": lambda t, grp: ops.topk_kl(
                     t, ref_logits if grp is None else shard(ref_logits), k=9, tp_group=grp),
+                "topk_kl_ties": lambda t, grp: ops.topk_kl(
+                    t, ties if grp is None else shard(ties), k=9, tp_group=grp),
                 "topk_kl_clamped": lambda t, grp: ops.topk_kl(
                     t, ref_logits if grp is None else shard(ref_logits), k=1000, tp_group=grp),
             }
@@ -101,7 +104,7 @@ def test_tp_shards_match_unsharded_and_megatron(tp):
     for rank, errs in enumerate(results):
         bad = {k: v for k, v in errs.items() if not v <= 1e-5}
         assert not bad, f"rank {rank}: {bad}"
-        assert len(errs) == (36 if tp == 2 else 32)
+        assert len(errs) == (40 if tp == 2 else 36)
 
 
 def _smoothing_vs_megatron():

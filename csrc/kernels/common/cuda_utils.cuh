@@ -5,6 +5,12 @@
 
 #include "kernels/common/dtypes.h"
 
+/// MA_LAUNCH(grid, block, smem, stream, kernel)(args...) is kernel<<<grid, block, smem, stream>>>(args...);
+/// the one launch form in csrc, so the host emulation (tools/cudaemu) can supply its own.
+#ifndef MA_LAUNCH
+#define MA_LAUNCH(grid, block, smem, stream, ...) __VA_ARGS__<<<grid, block, smem, stream>>>
+#endif
+
 namespace megatron_align {
 namespace kernels {
 

@@ -106,7 +106,7 @@ __global__ void softmax_grad_kernel(SoftmaxGradArgs a) {
 template <typename T>
 void launch_row_stats(const RowStatsArgs& a, cudaStream_t stream) {
   constexpr int VEC = 16 / sizeof(T);
-  row_stats_kernel<T, VEC><<<grid_for(a.rows), threads_for(a.V, VEC), 0, stream>>>(a);
+  MA_LAUNCH(grid_for(a.rows), threads_for(a.V, VEC), 0, stream, row_stats_kernel<T, VEC>)(a);
 }
 
 template <typename T>
@@ -115,9 +115,9 @@ void launch_softmax_grad(const SoftmaxGradArgs& a, cudaStream_t stream) {
   const bool same_alignment =
       reinterpret_cast<uintptr_t>(a.logits) % 16 == reinterpret_cast<uintptr_t>(a.grad) % 16;
   if (same_alignment) {
-    softmax_grad_kernel<T, VEC><<<grid_for(a.rows), threads_for(a.V, VEC), 0, stream>>>(a);
+    MA_LAUNCH(grid_for(a.rows), threads_for(a.V, VEC), 0, stream, softmax_grad_kernel<T, VEC>)(a);
   } else {
-    softmax_grad_kernel<T, 1><<<grid_for(a.rows), threads_for(a.V, 1), 0, stream>>>(a);
+    MA_LAUNCH(grid_for(a.rows), threads_for(a.V, 1), 0, stream, softmax_grad_kernel<T, 1>)(a);
   }
 }
 

@@ -32,7 +32,7 @@ cudaError_t packed_seq_reduce_cuda(const PackedReduceArgs& a, cudaStream_t strea
   if (a.num_seqs == 0) return cudaSuccess;
   const int64_t cap = 65535LL * 32;
   const unsigned grid = static_cast<unsigned>(a.num_seqs < cap ? a.num_seqs : cap);
-  packed_seq_reduce_kernel<<<grid, 256, 0, stream>>>(a);
+  MA_LAUNCH(grid, 256, 0, stream, packed_seq_reduce_kernel)(a);
   return cudaGetLastError();
 }
 

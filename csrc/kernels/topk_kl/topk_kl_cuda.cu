@@ -71,13 +71,13 @@ unsigned grid_for(int64_t rows) {
 
 cudaError_t topk_kl_forward_cuda(const TopkKLArgs& a, cudaStream_t stream) {
   if (a.rows == 0) return cudaSuccess;
-  topk_kl_kernel<false><<<grid_for(a.rows), 32 * kWarpsPerBlock, 0, stream>>>(a);
+  MA_LAUNCH(grid_for(a.rows), 32 * kWarpsPerBlock, 0, stream, topk_kl_kernel<false>)(a);
   return cudaGetLastError();
 }
 
 cudaError_t topk_kl_backward_cuda(const TopkKLArgs& a, cudaStream_t stream) {
   if (a.rows == 0) return cudaSuccess;
-  topk_kl_kernel<true><<<grid_for(a.rows), 32 * kWarpsPerBlock, 0, stream>>>(a);
+  MA_LAUNCH(grid_for(a.rows), 32 * kWarpsPerBlock, 0, stream, topk_kl_kernel<true>)(a);
   return cudaGetLastError();
 }
 
