@@ -19,6 +19,7 @@ LAYOUTS = {
     "packed_tp2": (2, ["parallel.tp=2"]),
     "packed_pp2": (2, ["parallel.pp=2", "train.micro_batch_size=1"]),
     "unpacked_dp2": (2, ["data.packing=false"]),
+    "fused_linear_tp2": (2, ["parallel.tp=2", "model.loss_backend=fused_linear", "model.loss_chunk_size=48"]),
 }
 
 
