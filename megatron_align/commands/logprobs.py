@@ -98,7 +98,7 @@ def compute_logprobs(args: argparse.Namespace, job: ForwardJob) -> int:
     from megatron_align.checkpoint import layout
     from megatron_align.data.samples import Sample
     from megatron_align.engine.collect import run_per_document
-    from megatron_align.engine.session import frozen_from_checkpoint
+    from megatron_align.engine.session import check_layout, frozen_from_checkpoint
     from megatron_align.ops import token_logprobs
     from megatron_align.runtime import setup_runtime, teardown
 
@@ -108,6 +108,7 @@ def compute_logprobs(args: argparse.Namespace, job: ForwardJob) -> int:
         raise LogprobsError(f"{ckpt} has a scalar (reward) head, not a language-model head: no token log-probs")
     if args.seq_length < 2 or args.micro_batch_size < 1:
         raise LogprobsError("--seq-length must be >= 2 and --micro-batch-size >= 1")
+    check_layout(arch, job.parallel)
     tok_path = args.tokenizer or os.path.join(ckpt, layout.TOKENIZER_DIR)
     encoder = None
     if os.path.exists(tok_path) and (os.path.isfile(tok_path) or os.path.isfile(os.path.join(tok_path, "tokenizer.json"))):

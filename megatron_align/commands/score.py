@@ -78,6 +78,9 @@ def run(args: argparse.Namespace) -> int:
     arch = layout.read_arch(ckpt)
     if not (arch.extra or {}).get("reward_head"):
         raise UserError(f"{ckpt} has a language-model head, not a reward head: train one with `megatron-align rm`")
+    from megatron_align.engine.session import check_layout
+
+    check_layout(arch, job.parallel)
     template = _template(args, ckpt, arch)
     records, samples = read_scoring_lines(args.data, template, args.seq_length, arch.vocab_size)
     return _score(args, job, records, samples)

@@ -118,22 +118,29 @@ def frozen_from_checkpoint(load: str, model_cfg: ModelConfig, parallel: Parallel
     import dataclasses
 
     from megatron_align.checkpoint import layout
-    from megatron_align.models.builder import check_arch_parallel
 
     ckpt = layout.resolve(load)
     arch = layout.read_arch(ckpt)
     head = "reward" if (arch.extra or {}).get("reward_head") else "lm"
     if model_cfg.head == "value" and head == "reward":
         head = "value"
-    try:
-        check_arch_parallel(arch, parallel)
-    except ValueError as exc:
-        from megatron_align.config.base import ConfigError
-
-        raise ConfigError(f"parallel: {exc}") from None
+    check_layout(arch, parallel)
     cfg = dataclasses.replace(model_cfg, name=None, hf_config=None, head=head)
     session = ModelSession(cfg, parallel, arch, seq_length=seq_length, micro_batch_size=micro_batch_size,
                            trainable=False)
     session.load_weights(ckpt)
     session.checkpoint = ckpt
     return session
+
+
+def check_layout(arch: ArchSpec, parallel: ParallelConfig) -> None:
+    """TP must divide heads and query groups, PP the layers: a ConfigError naming the setting (call it before the
+    runtime starts, so it is the first thing a wrong layout reports)."""
+    from megatron_align.models.builder import check_arch_parallel
+
+    try:
+        check_arch_parallel(arch, parallel)
+    except ValueError as exc:
+        from megatron_align.config.base import ConfigError
+
+        raise ConfigError(f"parallel: {exc}") from None

@@ -43,7 +43,8 @@ class DPOStage(Stage):
         super().__init__(cfg)
         self.ref_session = None
         self.needs_reference = cfg.dpo.loss_type not in ("simpo", "orpo")
-        self.value_keys = ("ref_logp",) if self.needs_reference and cfg.dpo.reference == "cache" else ()
+        cached = ("ref_logp",) if self.needs_reference and cfg.dpo.reference == "cache" else ()
+        self.value_keys = cached + (("label",) if cfg.dpo.loss_type == "kto" else ())
 
     # ------------------------------------------------------------------------------------------- data
     def build_data(self, arch) -> StageData:
