@@ -25,7 +25,7 @@ from megatron_align.data.jsonl import JsonlChatDataset
 from megatron_align.data.packing import pack_lengths, token_utilization
 from megatron_align.data.samples import ChatDataset, DataStats
 from megatron_align.data.sampler import shard_for_rank
-from megatron_align.data.templates import ChatTemplate, build_template
+from megatron_align.data.templates import DEFAULT_SYSTEM, ChatTemplate, build_template
 from megatron_align.data.tokenizer import ChatTokenizer, load_tokenizer
 
 
@@ -42,10 +42,14 @@ def open_dataset(path: str, cfg: DataConfig, tokenizer: ChatTokenizer, template:
     prefix = path[:-4] if path.endswith((".bin", ".idx")) else path
     if index_exists(prefix) and not path.endswith(".jsonl"):
         meta = read_meta(prefix)
-        if meta["template"] != template.name or meta.get("system_prompt") != template.system_prompt:
+        built_system = meta.get("system_prompt")
+        if built_system == DEFAULT_SYSTEM:
+            built_system = template.default_system_prompt
+        if meta["template"] != template.name or built_system != template.system_text:
             raise DataError(prefix, None, f"built with template {meta['template']!r} and system prompt "
                             f"{meta.get('system_prompt')!r}, but this run uses {template.name!r} and "
-                            f"{template.system_prompt!r}; re-run preprocess")
+                            f"{template.system_prompt!r} (data.template / data.system_prompt); re-run preprocess "
+                            f"with the same --template and --system-prompt")
         if meta["tokenizer_sha256"] != file_sha256(tokenizer.file):
             raise DataError(prefix, None, f"built with tokenizer {meta['tokenizer']}, which differs from "
                                           f"{tokenizer.file}; re-run preprocess")

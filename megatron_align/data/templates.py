@@ -1,10 +1,10 @@
 """Chat templates: messages -> token ids + a per-token loss flag.
 
 A template renders a conversation as :class:`Piece` s: text, or a control token written by the template
-(a single id), each with a loss flag. :func:`encode_pieces` tokenizes each run of text between control tokens as
-one string (the way ``transformers`` tokenizes a rendered chat, so ids equal ``apply_chat_template``'s) and
-carries the loss flags to the tokens. ``target_mask[i] == 1`` iff token i is an assistant-content token or the
-end-of-turn token closing an assistant turn (role headers and separators are never loss tokens).
+(a single id), each with a loss flag. :func:`encode_pieces` tokenizes each run of text with one loss flag between
+control tokens as one string (the way ``transformers`` tokenizes a rendered chat, so ids equal
+``apply_chat_template``'s; see :func:`encode_pieces` for the one exception). ``target_mask[i] == 1`` iff token i
+is an assistant-content token or the end-of-turn token closing an assistant turn (role headers and separators are never loss tokens).
 
 Built-in templates equal the models' official ones (the tests render the official Jinja templates through
 ``transformers`` and compare strings and ids):
@@ -24,7 +24,6 @@ Registry: ``TEMPLATES`` (name -> class) and ``FAMILY_TEMPLATES`` (model family -
 from __future__ import annotations
 
 import abc
-import bisect
 
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple, Type
@@ -52,37 +51,25 @@ class Piece:
 
 
 def encode_pieces(tok: ChatTokenizer, pieces: Sequence[Piece], template: str = "") -> Encoded:
-    """Control pieces -> their single ids; each run of text between them -> one ``encode`` call (per-token loss
-    from the character offsets: a token is a loss token iff its first character is)."""
+    """Control pieces -> their single ids; each run of text between them with one loss flag -> one ``encode`` call.
+
+    A run ends where the loss flag changes, i.e. the assistant content is tokenized apart from its header (as
+    TRL tokenizes a completion apart from its prompt): the rendering of a prompt with the generation prompt is then
+    a token prefix of the prompt + response, and no token straddles a trained and an untrained span. This equals
+    tokenizing the whole rendered string (``apply_chat_template``) except where the tokenizer would merge text
+    across that boundary (with the Llama-3 / Qwen2 pre-tokenizers: content that begins with a newline, after the
+    header's newline)."""
     ids: List[int] = []
     mask: List[int] = []
-    run: List[Piece] = []
+    run: List[str] = []
+    run_loss = False
 
     def flush() -> None:
-        if not run:
-            return
-        text = "".join(p.text for p in run)
-        if all(p.loss == run[0].loss for p in run):
-            part = tok.encode(text)
+        if run:
+            part = tok.encode("".join(run))
             ids.extend(part)
-            mask.extend([int(run[0].loss)] * len(part))
-        else:
-            with_offsets = tok.encode_offsets(text)
-            if with_offsets is None:  # backend without offsets: piece by piece
-                for p in run:
-                    part = tok.encode(p.text)
-                    ids.extend(part)
-                    mask.extend([int(p.loss)] * len(part))
-            else:
-                starts, flags, pos = [], [], 0
-                for p in run:
-                    starts.append(pos)
-                    flags.append(p.loss)
-                    pos += len(p.text)
-                for tid, (begin, _) in zip(*with_offsets):
-                    ids.append(tid)
-                    mask.append(int(flags[max(bisect.bisect_right(starts, begin) - 1, 0)]))
-        run.clear()
+            mask.extend([int(run_loss)] * len(part))
+            run.clear()
 
     for p in pieces:
         if p.control:
@@ -90,7 +77,10 @@ def encode_pieces(tok: ChatTokenizer, pieces: Sequence[Piece], template: str = "
             ids.append(tok.special_id(p.text, template))
             mask.append(int(p.loss))
         elif p.text:
-            run.append(p)
+            if run and p.loss != run_loss:
+                flush()
+            run.append(p.text)
+            run_loss = p.loss
     flush()
     return Encoded(ids, mask)
 

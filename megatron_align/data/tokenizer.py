@@ -63,10 +63,6 @@ class _HFBackend:
     def encode(self, text: str) -> List[int]:
         return self.tok.encode(text, add_special_tokens=False).ids
 
-    def encode_offsets(self, text: str) -> Tuple[List[int], List[Tuple[int, int]]]:
-        enc = self.tok.encode(text, add_special_tokens=False)
-        return enc.ids, enc.offsets
-
     def decode(self, ids: List[int], skip_special_tokens: bool) -> str:
         return self.tok.decode(ids, skip_special_tokens=skip_special_tokens)
 
@@ -106,9 +102,6 @@ class _SentencePieceBackend:
 
     def encode(self, text: str) -> List[int]:
         return list(self.sp.EncodeAsIds(text)) if text else []
-
-    def encode_offsets(self, text: str):
-        return None  # callers encode piece by piece instead
 
     def decode(self, ids: List[int], skip_special_tokens: bool) -> str:
         out: List[str] = []
@@ -209,10 +202,6 @@ class ChatTokenizer:
     def encode(self, text: str) -> List[int]:
         """Ids of ``text`` as plain text: no BOS/EOS added, special-token strings not interpreted."""
         return self._backend.encode(text)
-
-    def encode_offsets(self, text: str) -> Optional[Tuple[List[int], List[Tuple[int, int]]]]:
-        """Like :meth:`encode`, with each token's (start, end) character offsets; None if the backend has none."""
-        return self._backend.encode_offsets(text)
 
     def encode_cached(self, text: str) -> List[int]:
         """Like :meth:`encode`, memoised: for the short fixed strings of templates (role names, newlines)."""

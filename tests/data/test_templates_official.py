@@ -61,17 +61,19 @@ def test_builtin_and_auto_equal_the_official_template(dirs, name):
             want_ids = _hf_ids(hf, _dicts(msgs), gen)
             for t in (builtin, auto):
                 assert t.render_text(msgs, gen) == want, (name, key, gen, t.name)
+                if name == "chatml" and key == "whitespace":
+                    # the one documented difference (encode_pieces): "assistant\n" and content "\n\nSure." are
+                    # tokenized apart ("\n" + "\n\n"), where the whole string gives one "\n\n\n"
+                    assert t.encode(msgs, gen).ids != want_ids
+                    assert t.tok.decode(t.encode(msgs, gen).ids) == want
+                    continue
                 assert t.encode(msgs, gen).ids == want_ids, (name, key, gen, t.name)
         # masks: built-in and auto train the same tokens: each assistant turn's content ids + its end token
         b, a = builtin.encode(conv), auto.encode(conv)
         assert b.target_mask == a.target_mask, (name, key)
         trained = [i for i, m in zip(b.ids, b.target_mask) if m]
         strip = (lambda s: s.strip()) if name.startswith("llama") else (lambda s: s)
-        expect = "".join(strip(c) + END[name] for r, c in conv if r == A)
-        if name == "chatml" and key == "whitespace":
-            # "assistant\n" + "\n\nSure." tokenizes "\n\n\n" as one token that starts in the header: untrained
-            expect = expect.replace("\n\nSure", "Sure", 1)
-        assert tok.decode(trained) == expect, (name, key)
+        assert tok.decode(trained) == "".join(strip(c) + END[name] for r, c in conv if r == A), (name, key)
         assert trained.count(end) == sum(r == A for r, _ in conv)
 
 
