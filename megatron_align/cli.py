@@ -32,6 +32,7 @@ COMMANDS: Dict[str, Command] = {
     "logprobs": Command("megatron_align.commands.logprobs", "token log-probs of sequences under a checkpoint"),
     "plot": Command("megatron_align.commands.plot", "plot loss and throughput of a run directory"),
     "plan": Command("megatron_align.commands.plan", "memory and parallelism planner"),
+    "data": Command("megatron_align.commands.data", "preview: rendered samples with the trained spans marked"),
 }
 
 
