@@ -24,6 +24,9 @@ from megatron_align.data.errors import DataError
 PAD_CANDIDATES = ("<pad>", "<|endoftext|>", "<unk>", "</s>")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")
 SPECIAL_TOKEN_KEYS = ("bos_token", "eos_token", "unk_token", "pad_token")
+#: files of a tokenizer directory that a checkpoint must carry for the tokenizer and its chat template to load
+CARRIED_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json",
+                 "chat_template.jinja")
 
 
 def resolve_tokenizer_file(path: str) -> str:
@@ -157,6 +160,10 @@ class ChatTokenizer:
             if tid is not None:
                 return tid
         return 0
+
+    def files(self) -> List[str]:
+        """The files of this tokenizer's directory to copy next to a checkpoint (tokenizer, config, template)."""
+        return [os.path.join(self.dir, n) for n in CARRIED_FILES if os.path.isfile(os.path.join(self.dir, n))]
 
     # -- the checkpoint's chat template -----------------------------------------------------------
     @property

@@ -155,3 +155,15 @@ def test_generation_blocks_prefix_errors_and_forged_tokens(tmp_path):
     bad.encode([(U, "a"), (A, "plain")])  # one turn: nothing rewritten
     with pytest.raises(TemplateError, match=r"my/tokenizer_config.json.*think.*not a prefix.*data.template"):
         bad.encode([(U, "a"), (A, "x</think>y"), (U, "b"), (A, "z")])
+
+
+def test_tokenizer_files_to_carry(tmp_path, dirs):
+    import os
+
+    d = make_sentencepiece_dir(str(tmp_path / "sp"))
+    (tmp_path / "sp" / "chat_template.jinja").write_text(QWEN2)
+    tok = ChatTokenizer(d)
+    assert [os.path.basename(f) for f in tok.files()] == ["tokenizer.model", "chat_template.jinja"]
+    assert tok.chat_template == QWEN2 and build_template("auto", tok).source.endswith("chat_template.jinja")
+    assert [os.path.basename(f) for f in ChatTokenizer(dirs["chatml"]).files()] == ["tokenizer.json",
+                                                                                     "tokenizer_config.json"]
