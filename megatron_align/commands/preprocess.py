@@ -16,7 +16,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--template", choices=TEMPLATE_CHOICES, default=None,
                         help="chat template (default: the --family default)")
     parser.add_argument("--family", default=None, help="model family picking the default template (llama, qwen2, baichuan2)")
-    parser.add_argument("--system-prompt", default=None, help="system prompt for conversations without one")
+    parser.add_argument("--system-prompt", default="default",
+                        help="system prompt for conversations without one: 'default' (the template's own, as "
+                             "data.system_prompt's default), 'none', or the text")
     parser.add_argument("--seq-length", type=int, default=None, help="apply the over-long policy at this length")
     parser.add_argument("--overlong", choices=OVERLONG_CHOICES, default="truncate",
                         help="samples longer than --seq-length: truncate or drop (default: truncate)")
@@ -27,7 +29,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from megatron_align.data.indexed import preprocess
     from megatron_align.data.templates import resolve_template_name
-
     from megatron_align.errors import UserError
 
     try:
@@ -36,7 +37,8 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--template/--family: {exc}") from None
     if args.seq_length is not None and args.seq_length < 2:
         raise UserError(f"--seq-length must be >= 2, got {args.seq_length}")
+    system_prompt = None if args.system_prompt.lower() in ("none", "null") else args.system_prompt
     stats = preprocess(args.input, args.output_prefix, args.tokenizer, template, seq_length=args.seq_length,
-                       overlong=args.overlong, on_bad_line=args.on_bad_line, system_prompt=args.system_prompt)
+                       overlong=args.overlong, on_bad_line=args.on_bad_line, system_prompt=system_prompt)
     print(json.dumps({"output_prefix": args.output_prefix, "template": template, **stats.as_dict()}))
     return 0

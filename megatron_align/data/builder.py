@@ -25,7 +25,7 @@ from megatron_align.data.jsonl import JsonlChatDataset
 from megatron_align.data.packing import pack_lengths, token_utilization
 from megatron_align.data.samples import ChatDataset, DataStats
 from megatron_align.data.sampler import shard_for_rank
-from megatron_align.data.templates import ChatTemplate, build_template, resolve_template_name
+from megatron_align.data.templates import DEFAULT_SYSTEM, ChatTemplate, build_template
 from megatron_align.data.tokenizer import ChatTokenizer, load_tokenizer
 
 
@@ -42,10 +42,14 @@ def open_dataset(path: str, cfg: DataConfig, tokenizer: ChatTokenizer, template:
     prefix = path[:-4] if path.endswith((".bin", ".idx")) else path
     if index_exists(prefix) and not path.endswith(".jsonl"):
         meta = read_meta(prefix)
-        if meta["template"] != template.name or meta.get("system_prompt") != template.system_prompt:
+        built_system = meta.get("system_prompt")
+        if built_system == DEFAULT_SYSTEM:
+            built_system = template.default_system_prompt
+        if meta["template"] != template.name or built_system != template.system_text:
             raise DataError(prefix, None, f"built with template {meta['template']!r} and system prompt "
                             f"{meta.get('system_prompt')!r}, but this run uses {template.name!r} and "
-                            f"{template.system_prompt!r}; re-run preprocess")
+                            f"{template.system_prompt!r} (data.template / data.system_prompt); re-run preprocess "
+                            f"with the same --template and --system-prompt")
         if meta["tokenizer_sha256"] != file_sha256(tokenizer.file):
             raise DataError(prefix, None, f"built with tokenizer {meta['tokenizer']}, which differs from "
                                           f"{tokenizer.file}; re-run preprocess")
@@ -55,11 +59,9 @@ def open_dataset(path: str, cfg: DataConfig, tokenizer: ChatTokenizer, template:
     raise DataError(path, None, "no such file, and no indexed dataset <path>.bin/.idx/.meta.json")
 
 
-def build_data(cfg: DataConfig, family: Optional[str] = None) -> DataBundle:
-    """Validate ``cfg``, load the tokenizer and template (``cfg.template`` or the family default), open datasets."""
-    cfg.validate()
-    tokenizer = load_tokenizer(cfg.tokenizer)
-    template = build_template(resolve_template_name(cfg.template, family), tokenizer, cfg.system_prompt)
+def build_data(cfg: DataConfig, family=None) -> DataBundle:
+    """Validate ``cfg``, load the tokenizer and template (see :func:`tokenizer_and_template`), open datasets."""
+    tokenizer, template = tokenizer_and_template(cfg, family)
     train = open_dataset(cfg.path, cfg, tokenizer, template)
     evalds = open_dataset(cfg.eval_path, cfg, tokenizer, template) if cfg.eval_path else None
     return DataBundle(tokenizer, template, train, evalds)
@@ -90,15 +92,21 @@ def micro_batch_utilization(micro_batches: Sequence[MicroBatch]) -> float:
     return sum(mb.num_real_tokens for mb in micro_batches) / slots if slots else 0.0
 
 
-def tokenizer_and_template(cfg: DataConfig, family: Optional[str]):
-    """The tokenizer and chat template of ``cfg`` (``data.template`` or the family's default); a bad template name
-    is a ConfigError naming ``data.template``."""
+def tokenizer_and_template(cfg: DataConfig, family=None):
+    """The tokenizer and chat template of ``cfg``: ``data.template`` (``auto``: the tokenizer directory's own
+    chat_template, else the family's built-in) or, when null, the family's built-in. ``family``: a family name or
+    an ArchSpec (which picks ``llama3.1`` for Llama-3.1 presets). A bad or unresolvable template is a ConfigError
+    naming ``data.template``."""
     from megatron_align.config.base import ConfigError
+    from megatron_align.data.chat_jinja import TemplateError
 
     cfg.validate()
     tok = load_tokenizer(cfg.tokenizer)
     try:
-        name = resolve_template_name(cfg.template, family)
+        return tok, build_template(cfg.template, tok, cfg.system_prompt, family)
+    except TemplateError:
+        raise
     except ValueError as exc:
+        if isinstance(exc, DataError):
+            raise
         raise ConfigError(f"data.template: {exc}") from None
-    return tok, build_template(name, tok, cfg.system_prompt)

@@ -19,7 +19,7 @@ DEFAULT_EVAL_PATH = os.path.join(TINY_ASSETS_DIR, "chat_eval.jsonl")
 
 OVERLONG_CHOICES = ("truncate", "drop")
 ON_BAD_LINE_CHOICES = ("error", "skip")
-TEMPLATE_CHOICES = ("llama3", "chatml", "baichuan")
+TEMPLATE_CHOICES = ("auto", "llama3", "llama3.1", "chatml", "baichuan")  # = templates.TEMPLATE_NAMES
 
 
 @dataclass
@@ -35,11 +35,15 @@ class DataConfig:
         help="tokenizer: a directory holding tokenizer.json, or the tokenizer.json file itself "
              "(default: the bundled tiny byte-level BPE)")
     template: Optional[str] = help_field(
-        None, choices=TEMPLATE_CHOICES,
-        help="chat template; null picks the model family's default (llama->llama3, qwen2->chatml, "
+        "auto", choices=TEMPLATE_CHOICES,
+        help="chat template: 'auto' uses the tokenizer directory's own chat_template (tokenizer_config.json or "
+             "chat_template.jinja) and falls back to the model family's built-in template; a built-in name "
+             "forces it; null: the family's built-in (llama->llama3, llama3.1 presets->llama3.1, qwen2->chatml, "
              "baichuan2->baichuan)")
     system_prompt: Optional[str] = help_field(
-        None, help="system prompt inserted into conversations that have none (null: insert nothing)")
+        "default", help="system prompt for conversations that have none: 'default' = the template's own "
+                        "(Qwen2's 'You are a helpful assistant.' for chatml, none for the others), null = none, "
+                        "or your text")
     packing: bool = help_field(
         True, help="pack several samples per sequence (attention isolated per sample via cu_seqlens); "
                    "false: one sample per row, right-padded")

@@ -308,11 +308,7 @@ class Trainer:
         state = {"sampler": self.sampler.state_dict(), "consumed_tokens": self.consumed_tokens,
                  "stage": self.stage.state_dict(),
                  "finished": step >= len(self.sampler)}  # a requeue of a finished run has nothing to do
-        tok = self.data.tokenizer
-        src_dir = os.path.dirname(tok.file)
-        tokenizer_files = [os.path.join(src_dir, n) for n in ("tokenizer.json", "tokenizer_config.json",
-                                                               "special_tokens_map.json")
-                           if os.path.isfile(os.path.join(src_dir, n))]
+        tokenizer_files = self.data.tokenizer.files()  # tokenizer, its config and chat template, next to the weights
         return save_training(self.cfg.output_dir, step, self.policy.chunks, self.optimizer, self.scheduler, state,
                              self.arch, keep_last=self.cfg.output.keep_last, tokenizer_files=tokenizer_files)
 

@@ -31,6 +31,11 @@ class Family:
     fixed: Dict[str, Any] = field(default_factory=dict)
     presets: Dict[str, Dict[str, Any]] = field(default_factory=dict)
     hf_extra: Dict[str, Any] = field(default_factory=dict)  # written back into config.json
+    # config.json keys whose other values this project does not implement: (key, the one accepted value);
+    # a config giving another value is refused (an absent key is fine)
+    only_values: Tuple[Tuple[str, Any], ...] = ()
+    # the built-in chat template of presets / configs with Llama-3.1 style rope scaling (None: chat_template)
+    rope_scaled_chat_template: Optional[str] = None
 
 
 _COMMON_KEYS: Tuple[Tuple[str, str, Any], ...] = (
@@ -48,6 +53,8 @@ LLAMA = Family(
     hf_architectures=("LlamaForCausalLM", "LlamaForSequenceClassification"),
     hf_model_types=("llama",),
     chat_template="llama3",
+    rope_scaled_chat_template="llama3.1",
+    only_values=(("hidden_act", "silu"), ("mlp_bias", False), ("pretraining_tp", 1)),
     key_map=_COMMON_KEYS + (
         ("num_query_groups", "num_key_value_heads", "=num_attention_heads"),
         ("rope_theta", "rope_theta", 10000.0),
@@ -80,6 +87,7 @@ QWEN2 = Family(
     hf_architectures=("Qwen2ForCausalLM", "Qwen2ForSequenceClassification"),
     hf_model_types=("qwen2",),
     chat_template="chatml",
+    only_values=(("hidden_act", "silu"), ("use_sliding_window", False)),
     key_map=_COMMON_KEYS + (
         ("num_query_groups", "num_key_value_heads", "=num_attention_heads"),
         ("rope_theta", "rope_theta", 1000000.0),
@@ -107,6 +115,8 @@ BAICHUAN2 = Family(
     hf_architectures=("BaichuanForCausalLM",),
     hf_model_types=("baichuan",),
     chat_template="baichuan",
+    # the official Baichuan2-7B modeling code always uses theta = 10000 and SiLU, whatever config.json says
+    only_values=(("hidden_act", "silu"), ("rope_theta", 10000.0)),
     key_map=_COMMON_KEYS + (
         ("rope_theta", "rope_theta", 10000.0),
         ("tie_embeddings", "tie_word_embeddings", False),
@@ -177,9 +187,33 @@ def _rope_scaling(cfg: Dict[str, Any], path: str) -> Optional[RopeScaling]:
         original_max_position_embeddings=int(rs.get("original_max_position_embeddings", 8192)))
 
 
+def default_chat_template(arch: ArchSpec) -> str:
+    """The built-in chat template of a model: the family's, or its rope-scaled variant (Llama-3.1 presets and
+    configs: llama3 rope scaling over an original context of 8192)."""
+    fam = get_family(arch.family)
+    rs = arch.rope_scaling
+    if fam.rope_scaled_chat_template and rs is not None and rs.original_max_position_embeddings == 8192:
+        return fam.rope_scaled_chat_template
+    return fam.chat_template
+
+
+def check_only_values(cfg: Dict[str, Any], path: str, fam: Family) -> None:
+    """Refuse config keys whose value this project does not implement (one line naming the key)."""
+    for key, accepted in fam.only_values:
+        value = cfg.get(key)
+        if value is None:
+            continue
+        same = value == accepted if not isinstance(accepted, float) else (
+            isinstance(value, (int, float)) and not isinstance(value, bool) and float(value) == accepted)
+        if not same:
+            raise ModelSpecError(f"{path}: {key}={value!r} is not supported for {fam.name} models (only "
+                                 f"{accepted!r} is implemented); converting would silently change the model")
+
+
 def arch_from_hf_config(cfg: Dict[str, Any], path: str = "config.json", family: Optional[str] = None) -> ArchSpec:
     """An HF config.json (as a dict) -> ArchSpec; errors name the file and the key."""
     fam = _family_of_hf(cfg, path, family)
+    check_only_values(cfg, path, fam)
     rope_params = cfg.get("rope_parameters") if isinstance(cfg.get("rope_parameters"), dict) else {}
     values: Dict[str, Any] = {}
     for field_name, key, default in fam.key_map:

@@ -55,7 +55,7 @@ class DPOStage(Stage):
         if cfg.dpo.loss_type == "kto" and cfg.dpo.reference != "online":
             raise ConfigError("dpo.reference: KTO's KL term needs the reference on mismatched pairs of each batch; "
                               "use dpo.reference=online")
-        tok, self.template = tokenizer_and_template(cfg.data, arch.family)
+        tok, self.template = tokenizer_and_template(cfg.data, arch)
         opener = open_unpaired if cfg.dpo.loss_type == "kto" else open_pairs
         train = opener(cfg.data.path, cfg.data, self.template, arch.vocab_size)
         evalds = opener(cfg.data.eval_path, cfg.data, self.template, arch.vocab_size) if cfg.data.eval_path else None

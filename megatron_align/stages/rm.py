@@ -57,7 +57,7 @@ class RMStage(Stage):
         from megatron_align.data.builder import tokenizer_and_template
 
         cfg = self.cfg
-        tok, template = tokenizer_and_template(cfg.data, arch.family)
+        tok, template = tokenizer_and_template(cfg.data, arch)
         train = open_pairs(cfg.data.path, cfg.data, template, arch.vocab_size)
         evalds = open_pairs(cfg.data.eval_path, cfg.data, template, arch.vocab_size) if cfg.data.eval_path else None
         normalize_scores([train, evalds], cfg.rm.score_normalization, cfg.rm.score_range)

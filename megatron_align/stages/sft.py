@@ -32,7 +32,7 @@ class SFTStage(Stage):
     def build_data(self, arch) -> StageData:
         from megatron_align.data.builder import build_data
 
-        bundle = build_data(self.cfg.data, family=arch.family)
+        bundle = build_data(self.cfg.data, family=arch)
         cats = tuple(eval_categories(bundle.eval))
         return StageData(bundle.tokenizer, bundle.train, bundle.eval, groups={"category": cats},
                          summary=data_summary(bundle.train))

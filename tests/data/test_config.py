@@ -13,7 +13,7 @@ def test_every_field_documented_and_defaults_valid():
     assert dataclasses.fields(DataConfig)[0].name == "path"
     choices = {f.name: f.metadata.get("choices") for f in dataclasses.fields(DataConfig)}
     assert choices["overlong"] == ("truncate", "drop") and choices["on_bad_line"] == ("error", "skip")
-    assert choices["template"] == ("llama3", "chatml", "baichuan")
+    assert choices["template"] == ("auto", "llama3", "llama3.1", "chatml", "baichuan")
 
 
 def test_loads_through_the_config_system():

@@ -38,7 +38,7 @@ def assert_same(a, b):
 
 def test_round_trip_equals_the_jsonl_path(corpus, tok):
     d, path = corpus
-    tmpl = build_template("chatml", tok)
+    tmpl = build_template("chatml", tok, None)  # preprocess below inserts no system prompt either
     stats = preprocess(path, str(d / "out" / "train"), DEFAULT_TOKENIZER, "chatml", on_bad_line="skip")
     assert (stats.n_samples, stats.n_skipped_bad) == (4, 1)
     ref = JsonlChatDataset(path, tmpl, on_bad_line="skip")

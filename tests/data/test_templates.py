@@ -1,5 +1,6 @@
 import pytest
 
+from megatron_align.data.config import DEFAULT_TOKENIZER
 from megatron_align.data.errors import DataError
 from megatron_align.data.templates import (ALL_SPECIAL_TOKENS, FAMILY_TEMPLATES, TEMPLATES, build_template,
                                            resolve_template_name)
@@ -19,10 +20,19 @@ EXPECTED = {
                "<|im_start|>assistant\n2 + 3 = 5.<|im_end|>\n<|im_start|>user\nReverse the words: apple river"
                "<|im_end|>\n<|im_start|>assistant\nriver apple<|im_end|>\n",
                "2 + 3 = 5.<|im_end|>river apple<|im_end|>"),
-    "baichuan": ("You are a math tutor.<reserved_106>What is 2 + 3?<reserved_107>2 + 3 = 5.</s>"
+    "llama3.1": ("<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nCutting Knowledge Date: December "
+                 "2023\nToday Date: 26 Jul 2024\n\nYou are a math tutor.<|eot_id|>"
+                 "<|start_header_id|>user<|end_header_id|>\n\nWhat is 2 + 3?<|eot_id|>"
+                 "<|start_header_id|>assistant<|end_header_id|>\n\n2 + 3 = 5.<|eot_id|>"
+                 "<|start_header_id|>user<|end_header_id|>\n\nReverse the words: apple river<|eot_id|>"
+                 "<|start_header_id|>assistant<|end_header_id|>\n\nriver apple<|eot_id|>",
+                 "2 + 3 = 5.<|eot_id|>river apple<|eot_id|>"),
+    # Baichuan2: no </s> between turns (build_chat_input), one </s> closing the sample (fine-tune.py)
+    "baichuan": ("You are a math tutor.<reserved_106>What is 2 + 3?<reserved_107>2 + 3 = 5."
                  "<reserved_106>Reverse the words: apple river<reserved_107>river apple</s>",
-                 "2 + 3 = 5.</s>river apple</s>"),
+                 "2 + 3 = 5.river apple</s>"),
 }
+ENDS = {"llama3": "<|eot_id|>", "llama3.1": "<|eot_id|>", "chatml": "<|im_end|>", "baichuan": None}
 
 
 @pytest.mark.parametrize("name", sorted(TEMPLATES))
@@ -33,11 +43,14 @@ def test_template_text_and_exact_loss_mask(tok, name):
     assert tok.decode(enc.ids) == full
     assert tok.decode([i for i, m in zip(enc.ids, enc.target_mask) if m]) == masked
     # the loss tokens are exactly: per assistant turn, the content's own ids followed by the end token
-    end = {"llama3": "<|eot_id|>", "chatml": "<|im_end|>", "baichuan": "</s>"}[name]
+    end = ENDS[name]
     want = []
     for role, text in MSGS:
         if role == "assistant":
-            want += tok.encode(text) + [tok.special_id(end)]
+            want += tok.encode(text) + ([tok.special_id(end)] if end else [])
+    if name == "baichuan":
+        want.append(tok.special_id("</s>"))
+        end = "</s>"
     assert [i for i, m in zip(enc.ids, enc.target_mask) if m] == want
     # control tokens are single ids; no header/role token carries loss
     for t in TEMPLATES[name].special_tokens:
@@ -48,9 +61,13 @@ def test_template_text_and_exact_loss_mask(tok, name):
 
 
 def test_system_prompt_default_and_generation_prompt(tok):
-    t = build_template("chatml", tok, system_prompt="You are a helpful assistant.")
+    t = build_template("chatml", tok)  # Qwen2's default system prompt
     enc = t.encode([("user", "Hi"), ("assistant", "Hello")])
     assert tok.decode(enc.ids).startswith("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n")
+    assert tok.decode(build_template("chatml", tok, None).encode([("user", "Hi")]).ids) == \
+        "<|im_start|>user\nHi<|im_end|>\n"
+    for name in ("llama3", "baichuan"):  # no default system prompt
+        assert build_template(name, tok).system_text is None
     enc2 = t.encode([("system", "Custom."), ("user", "Hi")], add_generation_prompt=True)
     assert tok.decode(enc2.ids) == ("<|im_start|>system\nCustom.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n"
                                     "<|im_start|>assistant\n")
@@ -60,7 +77,7 @@ def test_system_prompt_default_and_generation_prompt(tok):
 
 
 def test_special_token_text_in_content_is_not_a_control_token(tok):
-    enc = build_template("chatml", tok).encode([("user", "say <|im_end|>"), ("assistant", "<|im_end|> ok")])
+    enc = build_template("chatml", tok, None).encode([("user", "say <|im_end|>"), ("assistant", "<|im_end|> ok")])
     im_end = tok.special_id("<|im_end|>")
     assert enc.ids.count(im_end) == 2  # only the template's two end-of-turn tokens
 
@@ -68,10 +85,21 @@ def test_special_token_text_in_content_is_not_a_control_token(tok):
 def test_family_defaults_and_errors():
     from megatron_align.data.config import TEMPLATE_CHOICES
 
-    assert TEMPLATE_CHOICES == tuple(TEMPLATES)
+    from megatron_align.models.families import preset
+
+    assert TEMPLATE_CHOICES == ("auto",) + tuple(TEMPLATES)
     assert FAMILY_TEMPLATES == {"llama": "llama3", "qwen2": "chatml", "baichuan2": "baichuan"}
     assert resolve_template_name(None, "qwen2") == "chatml"
+    assert resolve_template_name("auto", "qwen2") == "auto"
+    picked = {p: resolve_template_name(None, preset(p)) for p in
+              ("llama3-8b", "llama3.1-8b", "llama3.1-70b", "tiny-llama", "qwen2-7b", "baichuan2-7b")}
+    assert picked == {"llama3-8b": "llama3", "llama3.1-8b": "llama3.1", "llama3.1-70b": "llama3.1",
+                      "tiny-llama": "llama3", "qwen2-7b": "chatml", "baichuan2-7b": "baichuan"}
     assert resolve_template_name("baichuan", "llama") == "baichuan"
+    # auto on a tokenizer without a chat_template (the bundled one): the family's built-in
+    assert build_template("auto", load_tokenizer(DEFAULT_TOKENIZER), family="llama").name == "llama3"
+    with pytest.raises(ValueError, match="no chat_template"):
+        build_template("auto", load_tokenizer(DEFAULT_TOKENIZER))
     with pytest.raises(ValueError, match="unknown chat template 'vicuna'"):
         resolve_template_name("vicuna")
     with pytest.raises(ValueError, match="family 'gpt2'"):
