@@ -2,7 +2,6 @@
 that a pair is one unit in one row of one micro-batch."""
 
 import json
-import types
 
 import numpy as np
 import pytest
@@ -126,7 +125,9 @@ def test_rm_stage_data_scores_alpha_and_warning(tmp_path):
     cfg = load_config(RMConfig, None, [f"data.path={path}", "data.eval_path=null", "rm.mse_alpha.r=0.5",
                                        "rm.mse_alpha.ghost=1", "rm.score_normalization=zscore"])
     stage = RMStage(cfg)
-    data = stage.build_data(types.SimpleNamespace(family="llama", vocab_size=4096))
+    from megatron_align.models.families import resolve_arch
+
+    data = stage.build_data(resolve_arch("tiny-llama", None, None, None))
     units = data.train.get_units(range(3))
     scores = [d.values["score"] for u in units[:2] for d in u.docs]
     assert np.isclose(np.mean(scores), 0.0) and np.isclose(np.std(scores), 1.0)
