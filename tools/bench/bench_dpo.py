@@ -42,7 +42,7 @@ import common as C  # noqa: E402  (puts the repository root on sys.path)
 import torch  # noqa: E402
 
 CPU_SHAPES = ((1024, 32000), (4096, 32000), (2048, 128256), (8192, 128256))
-GPU_SHAPES = ((4096, 32000), (8192, 128256), (16384, 128256), (16384, 152064))
+GPU_SHAPES = ((8192, 32000), (16384, 128256), (16384, 152064))
 QUICK_SHAPE = ((256, 4096),)
 TINY = os.path.join(C.ROOT, "megatron_align", "assets", "tiny")
 
@@ -241,14 +241,36 @@ def tokenized_pairs(out_path: str, seq_length: int) -> dict:
     return {"pairs": len(ds), "tokens_per_pair": n_tokens / max(len(ds), 1)}
 
 
-def hf_model(path: str, model: str, dtype: torch.dtype, seed: int = 0):
-    """A random Llama of the named shape saved as a Hugging Face checkpoint (with the bundled tokenizer files)."""
-    from transformers import LlamaConfig, LlamaForCausalLM
+def hf_model(path: str, model: str, dtype: torch.dtype, seed: int = 0) -> None:
+    """A random Llama of the named shape written as a Hugging Face checkpoint (config.json + safetensors, the
+    bundled tokenizer files) without importing transformers (absent on the GPU machine): normal(0, 0.02)
+    matrices, unit norms."""
+    from safetensors.torch import save_file
 
-    torch.manual_seed(seed)
-    cfg = LlamaConfig(**MODELS[model], tie_word_embeddings=False, pad_token_id=0, torch_dtype=dtype)
-    m = LlamaForCausalLM(cfg).to(dtype)
-    m.save_pretrained(path)
+    c = MODELS[model]
+    h, f, L = c["hidden_size"], c["intermediate_size"], c["num_hidden_layers"]
+    kv = h // c["num_attention_heads"] * c["num_key_value_heads"]
+    shapes = {"model.embed_tokens.weight": (c["vocab_size"], h), "model.norm.weight": (h,),
+              "lm_head.weight": (c["vocab_size"], h)}
+    for i in range(L):
+        p = f"model.layers.{i}."
+        shapes.update({p + "self_attn.q_proj.weight": (h, h), p + "self_attn.k_proj.weight": (kv, h),
+                       p + "self_attn.v_proj.weight": (kv, h), p + "self_attn.o_proj.weight": (h, h),
+                       p + "mlp.gate_proj.weight": (f, h), p + "mlp.up_proj.weight": (f, h),
+                       p + "mlp.down_proj.weight": (h, f), p + "input_layernorm.weight": (h,),
+                       p + "post_attention_layernorm.weight": (h,)})
+    dev = C.device()
+    g = torch.Generator(device=dev).manual_seed(seed)
+    tensors = {k: (torch.ones(s, device=dev) if len(s) == 1 else 0.02 * torch.randn(s, device=dev, generator=g))
+               .to(dtype).cpu().contiguous() for k, s in shapes.items()}
+    os.makedirs(path, exist_ok=True)
+    save_file(tensors, os.path.join(path, "model.safetensors"), metadata={"format": "pt"})
+    config = dict(c, architectures=["LlamaForCausalLM"], model_type="llama", hidden_act="silu",
+                  attention_bias=False, mlp_bias=False, tie_word_embeddings=False, pad_token_id=0, bos_token_id=4,
+                  eos_token_id=8, initializer_range=0.02, torch_dtype=str(dtype).replace("torch.", ""))
+    config.setdefault("rope_scaling", None)
+    with open(os.path.join(path, "config.json"), "w") as fh:
+        json.dump(config, fh, indent=1)
     for name in ("tokenizer.json", "tokenizer_config.json"):
         shutil.copy(os.path.join(TINY, name), os.path.join(path, name))
 
