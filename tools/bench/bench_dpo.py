@@ -18,7 +18,9 @@
    converted to our checkpoint), the same global batch of pairs, online reference (a frozen copy), fp32:
    our DPO stage in one process (packed rows) vs TRL's ``DPOTrainer`` (padded batches, ``bf16=False``). Each
    trainer runs in its own subprocess. No activation recompute in either (TRL's DPOConfig defaults to
-   gradient checkpointing; it is turned off here, as our ``model.recompute=none``). On CUDA (``--device-model 1b``) only our stage runs, with a ~1B model.
+   gradient checkpointing; it is turned off here, as our ``model.recompute=none``). On CUDA only our stage runs
+   (no TRL there), by default with a ~1B Llama (``--model 1b``) in bf16.
+   CPU runs use one thread per process by default (``--threads``): see the note there.
 
 CSVs: ``docs/benchmarks/<device>_dpo_memory.csv`` and ``<device>_dpo_step.csv`` (date, device, commit per row).
 """
@@ -33,7 +35,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Dict, List, Optional
+from typing import Dict, List
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
@@ -44,6 +46,7 @@ import torch  # noqa: E402
 CPU_SHAPES = ((1024, 32000), (4096, 32000), (2048, 128256), (8192, 128256))
 GPU_SHAPES = ((8192, 32000), (16384, 128256), (16384, 152064))
 QUICK_SHAPE = ((256, 4096),)
+HEAD_SHAPES = ((1024, 32000), (1024, 128256))
 TINY = os.path.join(C.ROOT, "megatron_align", "assets", "tiny")
 
 # Llama shapes as transformers configs: tiny = our `tiny-llama` preset (models/families.py); 1b for the GPU run.
@@ -66,9 +69,14 @@ def commit() -> str:
         return "unknown"
 
 
-def _child(args: List[str], timeout: float, env: Optional[Dict[str, str]] = None) -> dict:
+THREADS = {"n": 0}  # CPU threads of the children (0: torch's default); set by --threads
+
+
+def _child(args: List[str], timeout: float) -> dict:
     """Run this script in a fresh interpreter; its last stdout line is a JSON result."""
-    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_=os.environ.get("MALLOC_MMAP_THRESHOLD_", "1048576"), **(env or {}))
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_=os.environ.get("MALLOC_MMAP_THRESHOLD_", "1048576"))
+    if THREADS["n"]:
+        env["OMP_NUM_THREADS"] = str(THREADS["n"])
     env["PYTHONPATH"] = C.ROOT + os.pathsep + env.get("PYTHONPATH", "")
     try:
         p = subprocess.run([sys.executable, os.path.abspath(__file__)] + args, capture_output=True, text=True,
@@ -129,6 +137,7 @@ class PeakMeter:
 
 
 def loss_variants(y, cu, m) -> Dict[str, object]:
+    """From logits [T, V]: fn(logits) -> per-sequence sums."""
     from bench_packed_logprobs import plain
 
     from megatron_align.ops import packed_sequence_logprobs
@@ -137,19 +146,52 @@ def loss_variants(y, cu, m) -> Dict[str, object]:
             "torch": lambda x: plain(x, y, cu, m)}
 
 
-def memory_child(variant: str, T: int, V: int, reps: int) -> dict:
+def head_variants(y, cu, m) -> Dict[str, object]:
+    """From the last hidden states [T, H] and the LM head [V, H] (the logits are the variant's business):
+    ours materialises the logits and runs the fused kernel; TRL 1.16's DPOTrainer never materialises them
+    (``trl.kernels.chunked_logprob``, vocabulary chunks, TRL's own chunk size), then the same segment sums."""
+    from megatron_align.ops import packed_sequence_logprobs
+
+    def trl_chunked(h, w):
+        from trl.kernels.chunked_logprob import ChunkedLogProbFunction
+        from trl.trainer.utils import _CHUNKED_LOGPROB_CHUNK_SIZE
+
+        lp = ChunkedLogProbFunction.apply(h, w, None, y, 1.0, _CHUNKED_LOGPROB_CHUNK_SIZE, None, 1.0, ())[0] * m
+        seg = torch.searchsorted(cu, torch.arange(h.shape[0], device=h.device), right=True) - 1
+        return lp.new_zeros(cu.numel() - 1).index_add(0, seg, lp)
+
+    return {"fused_head": lambda h, w: packed_sequence_logprobs(h @ w.t(), y, cu, loss_mask=m),
+            "trl_chunked_head": trl_chunked}
+
+
+def _runner(variant: str, T: int, V: int, H: int, dev: torch.device):
+    """(fwd+bwd closure, bytes of the [T, V] logits at this dtype) for one variant on fresh random inputs."""
     from bench_packed_logprobs import make_inputs
 
+    inputs = make_inputs(T, V, dev)
+    y, cu, m = inputs["labels"], inputs["cu"], inputs["mask"]
+    dtype = C.dtype_for(dev)
+    if variant in loss_variants(y, cu, m):
+        logits = inputs["make_logits"]()
+        return C.fwd_bwd(loss_variants(y, cu, m)[variant], logits), logits.numel() * logits.element_size()
+    g = torch.Generator(device=dev).manual_seed(1)
+    h = torch.randn(T, H, device=dev, generator=g).to(dtype).requires_grad_(True)
+    w = (0.02 * torch.randn(V, H, device=dev, generator=g)).to(dtype).requires_grad_(True)
+    fn = head_variants(y, cu, m)[variant]
+
+    def run():
+        h.grad = w.grad = None
+        fn(h, w).sum().backward()
+
+    return run, T * V * torch.finfo(dtype).bits // 8
+
+
+def memory_child(variant: str, T: int, V: int, reps: int, H: int = 1024) -> dict:
     from megatron_align.ops import active_backend
 
     dev = C.device()
-    inputs = make_inputs(T, V, dev)
-    logits = inputs["make_logits"]()
-    fn = loss_variants(inputs["labels"], inputs["cu"], inputs["mask"])[variant]
-    run = C.fwd_bwd(fn, logits)
-    small = make_inputs(64, V, dev)  # loads lazy kernels / thread pools outside the measured call
-    C.fwd_bwd(loss_variants(small["labels"], small["cu"], small["mask"])[variant], small["make_logits"]())()
-    del small
+    run, logits_bytes = _runner(variant, T, V, H, dev)
+    _runner(variant, 64, V, H, dev)[0]()  # loads lazy kernels / thread pools outside the measured call
     with PeakMeter(dev) as meter:
         t0 = time.perf_counter()
         run()
@@ -157,8 +199,9 @@ def memory_child(variant: str, T: int, V: int, reps: int) -> dict:
         first = time.perf_counter() - t0
     t = C.time_fn(run, dev, warmup=0, reps=reps) if reps > 0 else {"median_ms": 1e3 * first}
     return {"peak_bytes": meter.peak, "method": meter.method, "median_ms": t["median_ms"], "first_ms": 1e3 * first,
-            "logits_bytes": logits.numel() * logits.element_size(), "dtype": str(logits.dtype).replace("torch.", ""),
-            "backend": active_backend(dev) if variant == "fused" else "torch"}
+            "logits_bytes": logits_bytes, "dtype": str(C.dtype_for(dev)).replace("torch.", ""),
+            "backend": active_backend(dev) if variant.startswith("fused") else "torch",
+            "threads": torch.get_num_threads()}
 
 
 def _free_bytes(dev: torch.device) -> int:
@@ -175,49 +218,61 @@ def _status_kb_file(path: str, key: str) -> int:
     raise KeyError(key)
 
 
-def _need_bytes(variant: str, T: int, V: int, dev: torch.device) -> int:
-    """Estimated peak of the process: the logits plus the variant's [T, V] buffers (fp32 for the plain path)."""
+def _need_bytes(variant: str, T: int, V: int, dev: torch.device, H: int = 0) -> int:
+    """Estimated peak of the process: inputs plus the variant's [T, V] buffers (fp32 for the plain path)."""
     el = 2 if dev.type == "cuda" else 4
-    if variant == "fused":
-        return 2 * T * V * el  # logits + their gradient
+    head = 2 * V * H * el if variant.endswith("_head") else 0  # the LM head and its gradient
+    if variant == "trl_chunked_head":  # on CPU (no Triton) its tiles run in torch: ~9 T·V fp32 buffers measured
+        return head + 9 * T * V * 4
+    if variant.startswith("fused"):
+        return head + 2 * T * V * el  # logits + their gradient
     # logits + fp32 upcast (bf16 only) + log_softmax + the gather's dense gradient + log_softmax's gradient
     # (+ the gradient cast back to bf16)
     return T * V * (el + 3 * 4 + (4 + el if el == 2 else 0))
 
 
-def bench_memory(shapes, reps: int, mem_fraction: float, timeout: float) -> List[dict]:
+def bench_memory(shapes, reps: int, mem_fraction: float, timeout: float, variants=("fused", "torch"),
+                 hidden: int = 1024) -> List[dict]:
     dev = C.device()
     rows: List[dict] = []
     for T, V in shapes:
         res = {}
-        for variant in ("fused", "torch"):
-            need, free = _need_bytes(variant, T, V, dev), _free_bytes(dev)
+        for variant in variants:
+            need, free = _need_bytes(variant, T, V, dev, hidden), _free_bytes(dev)
             if need > mem_fraction * free:
-                print(f"  {variant:6s} T={T:6d} V={V:6d}  skipped: needs ~{need / 2**30:.1f} GiB, "
+                print(f"  {variant:16s} T={T:6d} V={V:6d}  skipped: needs ~{need / 2**30:.1f} GiB, "
                       f"{free / 2**30:.1f} GiB free (--mem-fraction {mem_fraction})")
                 rows.append(dict(variant=variant, T=T, V=V, status=f"skipped: needs ~{need / 2**30:.1f} GiB"))
                 continue
-            r = _child(["--child-memory", variant, str(T), str(V), str(reps)], timeout)
+            r = _child(["--child-memory", variant, str(T), str(V), str(reps), str(hidden)], timeout)
             if "error" in r:
-                print(f"  {variant:6s} T={T:6d} V={V:6d}  failed: {r['error']}")
+                print(f"  {variant:16s} T={T:6d} V={V:6d}  failed: {r['error']}")
                 rows.append(dict(variant=variant, T=T, V=V, status=f"failed: {r['error']}"))
                 continue
             res[variant] = r
-            row = dict(variant=variant, T=T, V=V, status="ok", dtype=r["dtype"], backend=r["backend"],
+            row = dict(variant=variant, T=T, V=V, H=hidden if variant.endswith("_head") else "", status="ok",
+                       threads=r["threads"], dtype=r["dtype"],
+                       backend=r["backend"],
                        logits_mib=round(r["logits_bytes"] / 2**20, 1), peak_extra_mib=round(r["peak_bytes"] / 2**20, 1),
                        peak_over_logits=round(r["peak_bytes"] / r["logits_bytes"], 2),
                        median_ms=round(r["median_ms"], 2), first_ms=round(r["first_ms"], 2), method=r["method"])
             rows.append(row)
-            print(f"  {variant:6s} T={T:6d} V={V:6d}  peak +{row['peak_extra_mib']:9.1f} MiB "
+            print(f"  {variant:16s} T={T:6d} V={V:6d}  peak +{row['peak_extra_mib']:9.1f} MiB "
                   f"({row['peak_over_logits']:.2f}x the logits)  {row['median_ms']:9.1f} ms  [{r['method']}]")
         if len(res) == 2:
-            f, p = res["fused"], res["torch"]
-            print(f"         -> fused uses {p['peak_bytes'] / max(f['peak_bytes'], 1):.2f}x less memory, "
+            (a, f), (b, p) = res.items()
+            print(f"         -> {a} uses {p['peak_bytes'] / max(f['peak_bytes'], 1):.2f}x less memory than {b}, "
                   f"{p['median_ms'] / f['median_ms']:.2f}x faster")
     return rows
 
 
 # ================================================================================================ 2. steps
+def _has_trl() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("trl") is not None
+
+
 def tokenized_pairs(out_path: str, seq_length: int) -> dict:
     """The bundled pairs through our data path (llama3 template, pair fitting) -> id records both trainers read."""
     from megatron_align.config.base import load_config
@@ -310,7 +365,8 @@ def step_ours(work: str, data: str, gbs: int, mbs: int, seq: int, steps: int, wa
             tokens = m["tokens"]
     finally:
         teardown()
-    return dict(steady(times, warmup, gbs), tokens_per_step=tokens, loss_last=m["loss"])
+    return dict(steady(times, warmup, gbs), tokens_per_step=tokens, loss_last=m["loss"],
+                threads=torch.get_num_threads())
 
 
 def step_trl(work: str, data: str, gbs: int, steps: int, warmup: int) -> dict:
@@ -342,14 +398,15 @@ def step_trl(work: str, data: str, gbs: int, steps: int, warmup: int) -> dict:
     args = TRLConfig(output_dir=os.path.join(work, "trl"), per_device_train_batch_size=gbs,
                      gradient_accumulation_steps=1, max_steps=steps, learning_rate=1e-3, lr_scheduler_type="cosine",
                      weight_decay=0.0, beta=0.1, loss_type=["sigmoid"], max_length=None, bf16=False, fp16=False,
-                     use_cpu=True, report_to="none", gradient_checkpointing=False, save_strategy="no", logging_steps=10**6,
+                     use_cpu=True, report_to="none", gradient_checkpointing=False, save_strategy="no",
+                     logging_steps=10**6,
                      dataloader_num_workers=0, seed=1, disable_tqdm=True)
     timer = Timer()
     trainer = PreTokenized(model=model, args=args, train_dataset=ds, processing_class=tok, callbacks=[timer])
     out = trainer.train()
     tokens = sum(len(r["prompt_ids"]) * 2 + len(r["chosen_ids"]) + len(r["rejected_ids"]) for r in ds)
     return dict(steady(timer.times, warmup, gbs), loss_last=float(out.training_loss),
-                tokens_per_pair=tokens / len(ds))
+                tokens_per_pair=tokens / len(ds), threads=torch.get_num_threads())
 
 
 def bench_steps(args) -> List[dict]:
@@ -371,7 +428,7 @@ def bench_steps(args) -> List[dict]:
               f"({args.warmup} warm-up); checkpoint converted in {time.perf_counter() - t0:.1f} s")
         common = [work, data, str(args.gbs), str(args.steps), str(args.warmup)]
         runs = [("ours", ["--child-step", "ours"] + common + [str(args.mbs), str(args.seq), precision])]
-        if not args.skip_trl:
+        if not args.skip_trl and _has_trl():
             runs.append(("trl", ["--child-step", "trl"] + common))
         res = {}
         for name, cmd in runs:
@@ -381,7 +438,8 @@ def bench_steps(args) -> List[dict]:
                 rows.append(dict(trainer=name, model=model, status=f"failed: {r['error']}"))
                 continue
             res[name] = r
-            rows.append(dict(trainer=name, model=model, status="ok", precision=precision, gbs=args.gbs,
+            rows.append(dict(trainer=name, model=model, status="ok", threads=r["threads"], precision=precision,
+                             gbs=args.gbs,
                              tokens_per_pair=round(info["tokens_per_pair"], 1), steps_timed=r["steps_timed"],
                              step_s_median=round(r["step_s_median"], 4), pairs_per_s=round(r["pairs_per_s"], 2),
                              loss_last=round(r["loss_last"], 4)))
@@ -414,8 +472,8 @@ def parse_shapes(text: str):
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "--child-memory":
-        variant, T, V, reps = argv[1], int(argv[2]), int(argv[3]), int(argv[4])
-        print(json.dumps(memory_child(variant, T, V, reps)))
+        variant, T, V, reps, H = argv[1], int(argv[2]), int(argv[3]), int(argv[4]), int(argv[5])
+        print(json.dumps(memory_child(variant, T, V, reps, H)))
         return 0
     if argv and argv[0] == "--child-step":
         which, work, data, gbs, steps, warmup = argv[1], argv[2], argv[3], int(argv[4]), int(argv[5]), int(argv[6])
@@ -426,7 +484,9 @@ def main(argv=None) -> int:
         print(json.dumps(r))
         return 0
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--part", choices=("memory", "step", "all"), default="all")
+    ap.add_argument("--part", choices=("memory", "head", "step", "all"), default="all",
+                    help="head: the loss path from hidden states, ours vs TRL's chunked kernel (CPU, TRL needed)")
+    ap.add_argument("--hidden", type=int, default=1024, help="hidden size of the head part")
     ap.add_argument("--quick", action="store_true", help="memory part on one small shape only (smoke)")
     ap.add_argument("--shapes", type=parse_shapes, default=None, help="TxV,TxV,... for the memory part")
     ap.add_argument("--reps", type=int, default=None, help="timed fwd+bwd after the measured one (default 3; 1 "
@@ -441,9 +501,13 @@ def main(argv=None) -> int:
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--skip-trl", action="store_true", help="our stage only (e.g. where TRL is not installed)")
     ap.add_argument("--step-timeout", type=float, default=600)
+    ap.add_argument("--threads", type=int, default=None,
+                    help="CPU threads per run (default 1 on CPU: on a shared, oversubscribed machine OpenMP's "
+                         "barriers make every multi-threaded op ~40x slower; 0 keeps torch's default)")
     ap.add_argument("--no-csv", action="store_true")
     args = ap.parse_args(argv)
     dev = C.device()
+    THREADS["n"] = args.threads if args.threads is not None else (1 if dev.type == "cpu" else 0)
     if args.part in ("memory", "all"):
         shapes = args.shapes or (QUICK_SHAPE if args.quick else (GPU_SHAPES if dev.type == "cuda" else CPU_SHAPES))
         print(f"DPO loss path on {C.device_name(dev)}: per-sequence log-prob sums, forward + backward, "
@@ -454,6 +518,15 @@ def main(argv=None) -> int:
             rows += bench_memory([(T, V)], reps, args.mem_fraction, args.step_timeout)
         if not args.no_csv:
             write("dpo_memory", rows)
+    if args.part in ("head", "all") and not args.quick and dev.type == "cpu" and _has_trl():
+        print(f"DPO loss path with the LM head on {C.device_name(dev)}: hidden [T, {args.hidden}] and head "
+              f"[V, {args.hidden}] -> per-sequence sums, forward + backward, ours vs TRL 1.16's chunked log-probs")
+        rows = []
+        for T, V in args.shapes or HEAD_SHAPES:
+            rows += bench_memory([(T, V)], args.reps if args.reps is not None else 2, args.mem_fraction,
+                                 args.step_timeout, ("fused_head", "trl_chunked_head"), args.hidden)
+        if not args.no_csv:
+            write("dpo_memory_head", rows)
     if args.part in ("step", "all") and not args.quick:
         rows = bench_steps(args)
         if not args.no_csv:
