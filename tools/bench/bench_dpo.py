@@ -31,6 +31,7 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -430,25 +431,30 @@ def bench_steps(args) -> List[dict]:
         runs = [("ours", ["--child-step", "ours"] + common + [str(args.mbs), str(args.seq), precision])]
         if not args.skip_trl and _has_trl():
             runs.append(("trl", ["--child-step", "trl"] + common))
-        res = {}
-        for name, cmd in runs:
-            r = _child(cmd, args.step_timeout)
-            if "error" in r:
-                print(f"  {name:5s} failed: {r['error']}")
-                rows.append(dict(trainer=name, model=model, status=f"failed: {r['error']}"))
-                continue
-            res[name] = r
-            rows.append(dict(trainer=name, model=model, status="ok", threads=r["threads"], precision=precision,
-                             gbs=args.gbs,
-                             tokens_per_pair=round(info["tokens_per_pair"], 1), steps_timed=r["steps_timed"],
-                             step_s_median=round(r["step_s_median"], 4), pairs_per_s=round(r["pairs_per_s"], 2),
-                             loss_last=round(r["loss_last"], 4)))
-            print(f"  {name:5s} {r['pairs_per_s']:9.2f} pairs/s  (median step {r['step_s_median'] * 1e3:8.1f} ms "
-                  f"over {r['steps_timed']} steps, loss {r['loss_last']:.4f})")
-        if len(res) == 2:
-            ratio = res["ours"]["pairs_per_s"] / res["trl"]["pairs_per_s"]
-            rows[-2]["vs_trl"] = round(ratio, 2)
-            print(f"  -> ours / TRL = {ratio:.2f}x pairs/s")
+        got: Dict[str, List[float]] = {name: [] for name, _ in runs}
+        for rep in range(args.repeats):  # alternate the trainers: a shared machine's load drifts over minutes
+            for name, cmd in runs:
+                r = _child(cmd, args.step_timeout)
+                if "error" in r:
+                    print(f"  {name:5s} failed: {r['error']}")
+                    rows.append(dict(trainer=name, model=model, repeat=rep, status=f"failed: {r['error']}"))
+                    continue
+                got[name].append(r["pairs_per_s"])
+                rows.append(dict(trainer=name, model=model, repeat=rep, status="ok", threads=r["threads"],
+                                 precision=precision, gbs=args.gbs, tokens_per_pair=round(info["tokens_per_pair"], 1),
+                                 steps_timed=r["steps_timed"], step_s_median=round(r["step_s_median"], 4),
+                                 pairs_per_s=round(r["pairs_per_s"], 2), loss_last=round(r["loss_last"], 4)))
+                print(f"  {name:5s} {r['pairs_per_s']:9.2f} pairs/s  (median step {r['step_s_median'] * 1e3:8.1f} "
+                      f"ms over {r['steps_timed']} steps, loss {r['loss_last']:.4f})")
+        med = {k: statistics.median(v) for k, v in got.items() if v}
+        for k, v in med.items():
+            print(f"  {k:5s} median of {len(got[k])} runs: {v:.2f} pairs/s")
+        if len(med) == 2:
+            ratio = med["ours"] / med["trl"]
+            pairs = [a / b for a, b in zip(got["ours"], got["trl"])]
+            rows.append(dict(trainer="ours/trl", model=model, status="ok", pairs_per_s=round(ratio, 2),
+                             vs_trl=round(ratio, 2)))
+            print(f"  -> ours / TRL = {ratio:.2f}x pairs/s (medians; per repeat {min(pairs):.2f}x-{max(pairs):.2f}x)")
     return rows
 
 
@@ -499,6 +505,7 @@ def main(argv=None) -> int:
     ap.add_argument("--seq", type=int, default=256, help="our packed row length")
     ap.add_argument("--steps", type=int, default=12)
     ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=3, help="runs of each trainer, alternating")
     ap.add_argument("--skip-trl", action="store_true", help="our stage only (e.g. where TRL is not installed)")
     ap.add_argument("--step-timeout", type=float, default=600)
     ap.add_argument("--threads", type=int, default=None,

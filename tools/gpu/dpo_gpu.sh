@@ -43,7 +43,7 @@ RC[memory]=$?
 # 3. DPO step of a ~1B model, our stage only
 if $PY -c "import megatron.core" > "$OUT/megatron_import.txt" 2>&1; then
   timeout 110 $PY tools/bench/bench_dpo.py --part step --model 1b --skip-trl --gbs 64 --mbs 4 --seq 1024 \
-    --steps 8 --warmup 2 --step-timeout 100 > "$OUT/step.log" 2>&1
+    --steps 8 --warmup 2 --repeats 1 --step-timeout 100 > "$OUT/step.log" 2>&1
   RC[step]=$?
 else
   echo "megatron.core does not import: step part skipped" | tee "$OUT/step.log"
