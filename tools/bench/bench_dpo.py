@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """DPO benchmark: memory of the loss path, and pairs/s of a tiny DPO step against TRL's DPOTrainer.
 
-    python tools/bench/bench_dpo.py [--part memory|step|all] [--quick] [--shapes 1024x32000,...]
+    python tools/bench/bench_dpo.py [--part memory|head|step|all] [--quick] [--shapes 1024x32000,...]
 
 1. Loss path (``memory``): per-sequence log-prob sums over packed rows from logits [T, V], forward + backward
    (the logits' gradient included), fused ``megatron_align.ops.packed_sequence_logprobs`` vs plain PyTorch
@@ -11,18 +11,21 @@
    inputs exist) minus ``VmRSS`` at that point, with ``MALLOC_MMAP_THRESHOLD_=1MB`` so freed buffers go back to
    the OS (PyTorch's CPU allocator does not cache). The first fwd+bwd is the measured one, then the median time
    of ``--reps`` more. A variant whose estimated need exceeds ``--mem-fraction`` of the free memory is skipped
-   and reported (the plain path needs about 4 T·V fp32 buffers on top of the logits).
+   and reported (the plain path needs about 3 T·V fp32 buffers on top of the logits).
+   ``head`` (CPU, TRL installed): the same from hidden states [T, H] and the LM head [V, H], ours (matmul + fused
+   kernel) vs TRL 1.16's own loss path (``trl.kernels.chunked_logprob``, which never materialises the logits).
 2. Step throughput (``step``): pairs/s of steady-state optimizer steps (after ``--warmup`` steps) of the same
    pairs (``megatron_align/assets/tiny/pairs_train.jsonl`` tokenized once by our template and fed to both as
-   the same ids), the same random Llama (the ``tiny-llama`` preset's dims as a ``transformers.LlamaConfig``,
-   converted to our checkpoint), the same global batch of pairs, online reference (a frozen copy), fp32:
+   the same ids), the same random Llama (the ``tiny-llama`` preset's dims, written as a Hugging Face Llama
+   checkpoint without importing transformers, converted for ours), the same global batch of pairs, online reference (a frozen copy), fp32:
    our DPO stage in one process (packed rows) vs TRL's ``DPOTrainer`` (padded batches, ``bf16=False``). Each
-   trainer runs in its own subprocess. No activation recompute in either (TRL's DPOConfig defaults to
+   trainer runs in its own subprocess, ``--repeats`` times alternating (medians reported). No activation recompute in either (TRL's DPOConfig defaults to
    gradient checkpointing; it is turned off here, as our ``model.recompute=none``). On CUDA only our stage runs
    (no TRL there), by default with a ~1B Llama (``--model 1b``) in bf16.
    CPU runs use one thread per process by default (``--threads``): see the note there.
 
-CSVs: ``docs/benchmarks/<device>_dpo_memory.csv`` and ``<device>_dpo_step.csv`` (date, device, commit per row).
+CSVs: ``docs/benchmarks/<device>_dpo_memory.csv``, ``..._dpo_memory_head.csv``, ``..._dpo_step.csv`` (date,
+device, commit per row). Figures and their reading: docs/benchmarks.md, section "DPO".
 """
 
 from __future__ import annotations
