@@ -17,11 +17,12 @@
 2. Step throughput (``step``): pairs/s of steady-state optimizer steps (after ``--warmup`` steps) of the same
    pairs (``megatron_align/assets/tiny/pairs_train.jsonl`` tokenized once by our template and fed to both as
    the same ids), the same random Llama (the ``tiny-llama`` preset's dims, written as a Hugging Face Llama
-   checkpoint without importing transformers, converted for ours), the same global batch of pairs, online reference (a frozen copy), fp32:
-   our DPO stage in one process (packed rows) vs TRL's ``DPOTrainer`` (padded batches, ``bf16=False``). Each
-   trainer runs in its own subprocess, ``--repeats`` times alternating (medians reported). No activation recompute in either (TRL's DPOConfig defaults to
-   gradient checkpointing; it is turned off here, as our ``model.recompute=none``). On CUDA only our stage runs
-   (no TRL there), by default with a ~1B Llama (``--model 1b``) in bf16.
+   checkpoint without importing transformers, converted for ours), the same global batch of pairs, online
+   reference (a frozen copy), fp32: our DPO stage in one process (packed rows) vs TRL's ``DPOTrainer`` (padded
+   batches, ``bf16=False``). Each trainer runs in its own subprocess, ``--repeats`` times alternating (medians
+   reported). No activation recompute in either (TRL's DPOConfig defaults to gradient checkpointing; it is
+   turned off here, as our ``model.recompute=none``). On CUDA only our stage runs (no TRL there), by default
+   with a ~1B Llama (``--model 1b``) in bf16.
    CPU runs use one thread per process by default (``--threads``): see the note there.
 
 CSVs: ``docs/benchmarks/<device>_dpo_memory.csv``, ``..._dpo_memory_head.csv``, ``..._dpo_step.csv`` (date,
