@@ -49,8 +49,10 @@ for name in ("megatron-core", "transformer-engine", "transformer_engine_torch", 
         print(f"  {name} MISSING")
 PY
 
-step build 150 env TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0}" MAX_JOBS=${MAX_JOBS:-16} \
-  "$PY" setup.py -q build_ext --inplace
+if [ -z "${SKIP_BUILD:-}" ]; then  # tools/gpu/run_all.sh builds the extension once for every script
+  step build 150 env TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0}" MAX_JOBS=${MAX_JOBS:-16} \
+    "$PY" setup.py -q build_ext --inplace
+fi
 step unit 60 "$PY" -m pytest -q -rfEs -p no:cacheprovider --junitxml="$OUT/unit.xml" \
   tests/unit/test_rope_frequencies.py tests/unit/test_optimizer_state_materialise.py \
   tests/unit/test_attention_kernels.py tests/unit/test_parallel_cp.py tests/plan/test_mfu.py
