@@ -44,7 +44,7 @@ STAGES = [
     pytest.param("sft", TINY_CONFIG, ["output.tensorboard=false"], id="sft"),
     pytest.param("rm", os.path.join(REPO, "examples", "configs", "rm_tiny_cpu.yaml"),
                  ["output.tensorboard=false", f"data.path={_PAIRS.format('train')}",
-                  f"data.eval_path={_PAIRS.format('eval')}", "train.eval_interval=0"], id="rm"),
+                  f"data.eval_path={_PAIRS.format('eval')}", "train.eval_interval=0", "train.log_interval=1"], id="rm"),
 ]
 # Two ranks: tensor parallel across the two nodes, or data parallel across them.
 LAYOUTS = {"tp2": ["parallel.tp=2"], "dp2": ["parallel.tp=1"]}
