@@ -23,6 +23,8 @@ import sys
 from setuptools import find_packages, setup
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+# torch >= 2.14's headers use C++20 (`requires` clauses); its own JIT builds use -std=c++20 since 2.x.
+CXX_STD = "-std=c++20"
 
 
 def _read_version() -> str:
@@ -54,7 +56,7 @@ def _extensions():
         and cpp_extension.CUDA_HOME is not None
     )
     include_dirs = [os.path.join(HERE, "csrc")]
-    cxx_flags = ["-O3", "-std=c++17"]
+    cxx_flags = ["-O3", CXX_STD]
     if sys.platform.startswith("linux"):
         cxx_flags.append("-fopenmp")
     extra_link = ["-fopenmp"] if sys.platform.startswith("linux") else []
@@ -67,7 +69,7 @@ def _extensions():
             define_macros=[("MEGATRON_ALIGN_WITH_CUDA", "1")],
             extra_compile_args={
                 "cxx": cxx_flags,
-                "nvcc": ["-O3", "-std=c++17", "--use_fast_math", "-lineinfo",
+                "nvcc": ["-O3", CXX_STD, "--use_fast_math", "-lineinfo",
                          "--expt-relaxed-constexpr"],
             },
             extra_link_args=extra_link,

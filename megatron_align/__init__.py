@@ -4,6 +4,10 @@ Importing this package is deliberately light: it imports neither megatron-core n
 compiled extension. Sub-packages pull in what they need when they are used.
 """
 
+from megatron_align.engine.megatron_fixes import quiet_backend_warnings as _quiet_backend_warnings
 from megatron_align.version import __version__
+
+# megatron-core warns four times at import that Transformer Engine and Apex are missing; `info` says it once.
+_quiet_backend_warnings()
 
 __all__ = ["__version__"]
