@@ -9,6 +9,9 @@ PIP := $(VPY) -m pip
 # VENV_ARGS=--system-site-packages so the venv sees it).
 TORCH_SPEC ?= torch==2.13.0
 VENV_ARGS ?=
+# TORCH_WHEELHOUSE=DIR: download torch and its libraries into DIR once (`pip download` skips files already
+# there) and install from it; pip's own cache does not keep downloads from a mirror that sends no cache headers.
+TORCH_WHEELHOUSE ?=
 # megatron-core: empty lets setup.py's bound choose; the compat lane names its version.
 MCORE_SPEC ?=
 # Everything after torch is installed against a constraint pinning the torch that is there (its installed
@@ -30,6 +33,7 @@ COMPAT_PY ?= $(firstword $(foreach p,python3.12 $(wildcard $(HOME)/.pyenv/versio
 COMPAT_VENV ?= .venv-compat
 COMPAT_TORCH_SPEC ?= torch==2.14.1
 COMPAT_MCORE_SPEC ?= megatron-core==0.19.2
+COMPAT_WHEELHOUSE ?= $(HOME)/.cache/megatron_align/wheels
 COMPAT_PYTEST_ARGS ?=
 
 .PHONY: setup build test test-fast test-compat setup-compat demo nvcc-check bench clean help
@@ -44,9 +48,12 @@ help:
 
 $(VENV)/.installed: setup.py
 	test -x $(VPY) || $(PY) -m venv $(VENV_ARGS) $(VENV)
-	@if [ -n "$(strip $(TORCH_SPEC))" ] && [ "$(strip $(TORCH_SPEC))" != skip ]; then \
-	  echo "$(PIP) install -q $(TORCH_SPEC)"; $(PIP) install -q "$(TORCH_SPEC)"; \
-	else echo "TORCH_SPEC=$(TORCH_SPEC): keeping the installed torch"; fi
+	@if [ -z "$(strip $(TORCH_SPEC))" ] || [ "$(strip $(TORCH_SPEC))" = skip ]; then \
+	  echo "TORCH_SPEC=$(TORCH_SPEC): keeping the installed torch"; \
+	elif [ -n "$(TORCH_WHEELHOUSE)" ]; then \
+	  set -x; $(PIP) download -q -d "$(TORCH_WHEELHOUSE)" "$(TORCH_SPEC)" && \
+	  $(PIP) install -q --no-index --find-links "$(TORCH_WHEELHOUSE)" "$(TORCH_SPEC)"; \
+	else set -x; $(PIP) install -q "$(TORCH_SPEC)"; fi
 	$(VPY) tools/torch_constraint.py > $(CONSTRAINTS)
 	@echo "pinned: $$(cat $(CONSTRAINTS))"
 	$(PIP) install -q -c $(CONSTRAINTS) "setuptools>=68" wheel "pybind11>=2.12" ninja
@@ -81,7 +88,7 @@ test-fast: build
 setup-compat:
 	@test -n "$(COMPAT_PY)" || { echo "test-compat: no Python 3.12 found (set COMPAT_PY=/path/to/python3.12)"; exit 2; }
 	MEGATRON_ALIGN_SKIP_CUDA=1 $(MAKE) --no-print-directory build VENV=$(COMPAT_VENV) PY=$(COMPAT_PY) \
-	  TORCH_SPEC="$(COMPAT_TORCH_SPEC)" MCORE_SPEC="$(COMPAT_MCORE_SPEC)"
+	  TORCH_SPEC="$(COMPAT_TORCH_SPEC)" MCORE_SPEC="$(COMPAT_MCORE_SPEC)" TORCH_WHEELHOUSE="$(COMPAT_WHEELHOUSE)"
 
 test-compat: setup-compat
 	$(COMPAT_VENV)/bin/python -m megatron_align info
