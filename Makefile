@@ -9,8 +9,8 @@ PIP := $(VPY) -m pip
 # VENV_ARGS=--system-site-packages so the venv sees it).
 TORCH_SPEC ?= torch==2.13.0
 VENV_ARGS ?=
-# TORCH_WHEELHOUSE=DIR: download torch and its libraries into DIR once (`pip download` skips files already
-# there) and install from it; pip's own cache does not keep downloads from a mirror that sends no cache headers.
+# TORCH_WHEELHOUSE=DIR: install torch and its libraries from DIR, downloading them there first when missing;
+# pip's own cache keeps nothing from a mirror that sends no cache headers (this machine's).
 TORCH_WHEELHOUSE ?=
 # megatron-core: empty lets setup.py's bound choose; the compat lane names its version.
 MCORE_SPEC ?=
@@ -51,8 +51,9 @@ $(VENV)/.installed: setup.py
 	@if [ -z "$(strip $(TORCH_SPEC))" ] || [ "$(strip $(TORCH_SPEC))" = skip ]; then \
 	  echo "TORCH_SPEC=$(TORCH_SPEC): keeping the installed torch"; \
 	elif [ -n "$(TORCH_WHEELHOUSE)" ]; then \
-	  set -x; $(PIP) download -q -d "$(TORCH_WHEELHOUSE)" "$(TORCH_SPEC)" && \
-	  $(PIP) install -q --no-index --find-links "$(TORCH_WHEELHOUSE)" "$(TORCH_SPEC)"; \
+	  set -x; $(PIP) install -q --no-index --find-links "$(TORCH_WHEELHOUSE)" "$(TORCH_SPEC)" 2>/dev/null || \
+	  { $(PIP) download -q -d "$(TORCH_WHEELHOUSE)" "$(TORCH_SPEC)" && \
+	    $(PIP) install -q --no-index --find-links "$(TORCH_WHEELHOUSE)" "$(TORCH_SPEC)"; }; \
 	else set -x; $(PIP) install -q "$(TORCH_SPEC)"; fi
 	$(VPY) tools/torch_constraint.py > $(CONSTRAINTS)
 	@echo "pinned: $$(cat $(CONSTRAINTS))"

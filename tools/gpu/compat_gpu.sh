@@ -11,18 +11,20 @@
 #      host those under NCCL)
 #   6. the single-process compat tests (`-m "compat and not distributed"`) with CUDA visible, if time is left
 # Each step is bounded by a timeout and the script goes on after a failure; junit XML and logs go to
-# $OUT (or ./gpu_out), and a summary table ends the output. Exit status: number of failed steps.
+# $OUT (default /tmp/compat_gpu_out), and a summary table ends the output. Exit status: number of failed steps.
 #
 # Wheels the lead downloads into .whl/ beforehand (tools/gpu/README in the report):
 #   megatron_core-0.19.2-cp312-cp312-manylinux_2_24_x86_64.manylinux_2_28_x86_64.whl
 #   (Requires-Dist: torch>=2.6.0, numpy, packaging>=24.2: all in that machine's image)
 set -uo pipefail
 cd "$(dirname "$0")/../.."
-OUT=${OUT:-$PWD/gpu_out}
+OUT=${OUT:-/tmp/compat_gpu_out}
 mkdir -p "$OUT"
 PY=${PY:-python3}
+SITE=${SITE:-/tmp/site}  # where the carried wheels are installed
 export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=${OMP_NUM_THREADS:-4}
 T0=$(date +%s)
+K=(); [ -n "${PYTEST_K:-}" ] && K=(-k "$PYTEST_K")  # PYTEST_K narrows the pytest steps (a smoke run)
 declare -a NAMES RCS SECS
 step() {  # step NAME TIMEOUT_S CMD...
   local name=$1 limit=$2; shift 2
@@ -37,11 +39,11 @@ left() { echo $(( ${BUDGET_S:-330} - ($(date +%s) - T0) )); }
 
 if ls .whl/*.whl >/dev/null 2>&1; then
   step wheels 120 "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-    --target /tmp/site .whl/*.whl
+    --target "$SITE" .whl/*.whl
 else
   echo "no .whl/*.whl: megatron-core must already be importable"
 fi
-export PYTHONPATH=/tmp/site:$PWD${PYTHONPATH:+:$PYTHONPATH}
+export PYTHONPATH=$SITE:$PWD${PYTHONPATH:+:$PYTHONPATH}
 "$PY" - <<'PY' 2>&1 | tee "$OUT/env.txt"
 import importlib.metadata as m, sys, torch
 print("python", sys.version.split()[0], "| torch", torch.__version__, "| cuda", torch.version.cuda,
@@ -56,13 +58,13 @@ PY
 step build 240 env TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0}" MAX_JOBS=${MAX_JOBS:-16} \
   "$PY" setup.py -q build_ext --inplace
 step info 60 "$PY" -m megatron_align info
-step gpu_tests 120 "$PY" -m pytest tests/gpu -q -rs --junitxml="$OUT/gpu_tests.xml" -p no:cacheprovider
+step gpu_tests 120 "$PY" -m pytest tests/gpu "${K[@]}" -q -rs --junitxml="$OUT/gpu_tests.xml" -p no:cacheprovider
 L=$(left); [ "$L" -gt 200 ] || L=200
-step compat_cpu "$L" env CUDA_VISIBLE_DEVICES= "$PY" -m pytest tests -m compat -q -rfEs --durations=15 \
+step compat_cpu "$L" env CUDA_VISIBLE_DEVICES= "$PY" -m pytest tests -m compat "${K[@]}" -q -rfEs --durations=15 \
   --junitxml="$OUT/compat_cpu.xml" -p no:cacheprovider
 L=$(left)
 if [ "$L" -gt 45 ]; then
-  step compat_cuda_single "$L" "$PY" -m pytest tests -m "compat and not distributed" -q -rfEs -x \
+  step compat_cuda_single "$L" "$PY" -m pytest tests -m "compat and not distributed" "${K[@]}" -q -rfEs \
     --junitxml="$OUT/compat_cuda_single.xml" -p no:cacheprovider
 else
   echo "=== [compat_cuda_single] skipped: ${L}s left of the budget"
