@@ -13,6 +13,7 @@ Importing this module is light (no torch, no megatron): ``info`` and the CLI rea
 from __future__ import annotations
 
 import importlib.metadata
+import logging
 import sys
 import warnings
 from dataclasses import dataclass
@@ -26,11 +27,28 @@ TESTED: Tuple[Tuple[str, str, str], ...] = (
 
 # megatron-core warns at import, four times, that Transformer Engine and Apex are missing; `info` says it once.
 BACKEND_WARNING = r"Transformer Engine and Apex are not installed"
+# megatron-core >= 0.17 imports torch.utils.cpp_extension (tensor_parallel/random.py: load_inline) at import,
+# and with a CUDA build of torch on a machine without a GPU but with a CUDA toolkit torch then logs
+# "No CUDA runtime is found, using CUDA_HOME=...": noise for every command on a login node or CPU CI.
+CUDA_HOME_NOTICE = "No CUDA runtime is found"
 
 
-def quiet_backend_warnings() -> None:
-    """Silence megatron-core's import-time 'Transformer Engine and Apex are not installed' warnings."""
+class _DropMessage(logging.Filter):
+    def __init__(self, prefix: str) -> None:
+        super().__init__()
+        self.prefix = prefix
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.prefix)
+
+
+def quiet_import_noise() -> None:
+    """Silence what megatron-core's import prints that says nothing to our users (idempotent, stdlib only):
+    its 'Transformer Engine and Apex are not installed' warnings and torch's CUDA_HOME notice it triggers."""
     warnings.filterwarnings("ignore", message=BACKEND_WARNING, category=UserWarning)
+    log = logging.getLogger("torch.utils.cpp_extension")
+    if not any(isinstance(f, _DropMessage) for f in log.filters):
+        log.addFilter(_DropMessage(CUDA_HOME_NOTICE))
 
 
 def mcore_version() -> Optional[str]:

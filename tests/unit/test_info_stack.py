@@ -14,10 +14,12 @@ def _run(*args):
 
 
 def test_info_reports_stack_and_says_te_apex_once():
-    out = _run("-W", "default", "-m", "megatron_align", "info")
+    out = _run("-m", "megatron_align", "info")
     assert out.returncode == 0, out.stderr
     assert MEGATRON_WARNING not in out.stderr, out.stderr
-    assert "UserWarning" not in out.stderr, out.stderr
+    # megatron-core >= 0.17 + a CUDA torch on a GPU-less machine made torch log this at import
+    assert mf.CUDA_HOME_NOTICE not in out.stderr, out.stderr
+    assert out.stderr == "", out.stderr  # clean output: nothing else either
     py = "%d.%d" % sys.version_info[:2]
     stack = [line for line in out.stdout.splitlines() if line.startswith("stack ")]
     assert len(stack) == 1, out.stdout
