@@ -25,7 +25,7 @@ COMPAT_PATHS = (
 def _mark_compat(items) -> None:
     compat = pytest.mark.compat
     for item in items:
-        rel = os.path.relpath(str(item.fspath), _TESTS).replace(os.sep, "/")
+        rel = os.path.relpath(str(item.path), _TESTS).replace(os.sep, "/")
         if any(rel == p or (p.endswith("/") and rel.startswith(p)) for p in COMPAT_PATHS):
             item.add_marker(compat)
 
