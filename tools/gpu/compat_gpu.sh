@@ -6,14 +6,15 @@
 #   2. builds megatron_align._C in place with its CUDA kernels (sm_90 only unless TORCH_CUDA_ARCH_LIST is set)
 #   3. `megatron-align info` with CUDA visible (the stack line: megatron-core + Python, tested pair or not)
 #   4. tests/gpu with CUDA (the CUDA kernels against their CPU twins)
-#   5. the compat lane (`pytest -m compat`) with CUDA hidden: the CI lane's CPU/gloo semantics on this
-#      machine's Python 3.12 + CUDA build of torch (its distributed tests start 2-4 ranks; one GPU cannot
+#   5. the compat lane (`pytest -m compat`, over 6 pytest-xdist workers) with CUDA hidden: the CI lane's
+#      CPU/gloo semantics on this machine's Python 3.12 + CUDA build of torch (its distributed tests start 2-4 ranks; one GPU cannot
 #      host those under NCCL)
-#   6. the single-process compat tests (`-m "compat and not distributed"`) with CUDA visible, if time is left
+#   6. the compat tests not marked distributed, with CUDA visible, if time is left (informative: those that
+#      still start several ranks cannot share one GPU under NCCL and fail at set_device)
 # Each step is bounded by a timeout and the script goes on after a failure; junit XML and logs go to
 # $OUT (default /tmp/compat_gpu_out), and a summary table ends the output. Exit status: number of failed steps.
 #
-# Wheels the lead downloads into .whl/ beforehand (tools/gpu/README in the report):
+# Wheels to download into .whl/ beforehand (recipe: the device README's Notes):
 #   megatron_core-0.19.2-cp312-cp312-manylinux_2_24_x86_64.manylinux_2_28_x86_64.whl
 #   (Requires-Dist: torch>=2.6.0, numpy, packaging>=24.2: all in that machine's image)
 set -uo pipefail
@@ -59,8 +60,10 @@ step build 240 env TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0}" MAX_JOBS=
   "$PY" setup.py -q build_ext --inplace
 step info 60 "$PY" -m megatron_align info
 step gpu_tests 120 "$PY" -m pytest tests/gpu "${K[@]}" -q -rs --junitxml="$OUT/gpu_tests.xml" -p no:cacheprovider
+# 16 cores there: spread the compat tests over pytest-xdist workers when it is installed (the image has it)
+X=(); "$PY" -c "import xdist" 2>/dev/null && X=(-n "${XDIST_N:-6}")
 L=$(left); [ "$L" -gt 200 ] || L=200
-step compat_cpu "$L" env CUDA_VISIBLE_DEVICES= "$PY" -m pytest tests -m compat "${K[@]}" -q -rfEs --durations=15 \
+step compat_cpu "$L" env CUDA_VISIBLE_DEVICES= "$PY" -m pytest tests -m compat "${K[@]}" "${X[@]}" -q -rfEs --durations=15 \
   --junitxml="$OUT/compat_cpu.xml" -p no:cacheprovider
 L=$(left)
 if [ "$L" -gt 45 ]; then
