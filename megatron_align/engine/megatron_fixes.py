@@ -96,6 +96,7 @@ class Shim:
 
 
 def _copy_source_keys() -> None:
+    import torch
     from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer
 
     orig = DistributedOptimizer._set_main_param_and_optimizer_states
@@ -106,8 +107,10 @@ def _copy_source_keys() -> None:
         group_index, group_order = self.model_param_group_index_map[model_param]
         main_param = self.optimizer.param_groups[group_index]["params"][group_order]
         dst = {"param": main_param, **self.optimizer.state[main_param]}
-        for key, value in tensors.items():
-            dst[key].copy_(value)
+        with torch.no_grad():  # the dp_reshardable load path calls this with autograd on
+            for key, value in dst.items():
+                if key in tensors and key != "step":
+                    value.copy_(tensors[key])
 
     _set_main_param_and_optimizer_states.__wrapped__ = orig
     DistributedOptimizer._set_main_param_and_optimizer_states = _set_main_param_and_optimizer_states
@@ -140,7 +143,10 @@ SHIMS: Dict[str, Shim] = {
             "DistributedOptimizer._set_main_param_and_optimizer_states (non precision-aware path) copies every "
             "key of the *destination* state; with torch's Adam (no Apex/TE) that includes a per-parameter "
             "'step' which load_parameter_state_from_fully_reshardable leaves out of the source, so resuming "
-            "raised KeyError('step'). We copy the keys the source has. Still so in 0.19.2.",
+            "raised KeyError('step'). We copy the state keys both sides have (the dp_reshardable source also "
+            "carries bookkeeping such as 'padding', which is no state) except 'step': it is restored from "
+            "param_groups, and the dp_reshardable source's 'step' is the stale local tensor captured before the "
+            "load (copying it reset Adam's bias correction to step 0 after every resume). Still so in 0.19.2.",
             _copy_source_keys,
         ),
         Shim(

@@ -123,14 +123,16 @@ def test_patched_methods_fix_the_bugs():
     params, opt = _adam_with_state(seed=1)
     fake = _fake_distopt(opt, params)
     src = {"param": torch.randn(params[1].shape), "exp_avg": torch.randn(params[1].shape),
-           "exp_avg_sq": torch.rand(params[1].shape)}
+           "exp_avg_sq": torch.rand(params[1].shape),
+           "padding": torch.zeros(2),  # dp_reshardable bookkeeping: no state, ignored
+           "step": torch.tensor(0.0)}  # a stale local step: restored from param_groups instead, not copied
     step_before = opt.state[params[1]]["step"].clone()
-    with torch.no_grad():
-        DistributedOptimizer._set_main_param_and_optimizer_states(fake, params[1], src)
+    DistributedOptimizer._set_main_param_and_optimizer_states(fake, params[1], src)  # with autograd on
     for k in ("exp_avg", "exp_avg_sq"):
         assert torch.equal(opt.state[params[1]][k], src[k])
     assert torch.equal(params[1].detach(), src["param"])
     assert torch.equal(opt.state[params[1]]["step"], step_before)
+    assert "padding" not in opt.state[params[1]]
 
     for g in opt.param_groups:
         for key in _saved_groups(opt, 0)[0]:
