@@ -107,6 +107,7 @@ setup(
         "megatron-core>=0.16.1,<0.17; python_version < '3.12'",
         "megatron-core>=0.16.1,<0.20; python_version >= '3.12'",
         "pybind11>=2.12",
+        "einops>=0.7",  # megatron-core's inference engine (megatron_align.rollout) imports it
         "safetensors>=0.4",
         "transformers>=4.44",
         "tokenizers>=0.19",
