@@ -30,12 +30,13 @@ def _te_apex() -> str:
     return f"transformer-engine {te}, apex {apex}"
 
 
-def _stack(mcore: str) -> str:
-    """megatron-core + Python, and whether CI tests that pair."""
+def _stack() -> str:
+    """megatron-core (its distribution version) + Python, and whether CI tests that pair."""
     from megatron_align.engine import megatron_fixes
 
     py = "%d.%d" % sys.version_info[:2]
-    if megatron_fixes.mcore_version() is None:
+    mcore = megatron_fixes.mcore_version()
+    if mcore is None:
         return f"megatron-core not installed, Python {py}"
     lane = megatron_fixes.tested_pair()
     verdict = f"tested pair (CI: {lane})" if lane else f"untested pair (CI tests {megatron_fixes.tested_pairs_text()})"
@@ -76,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
         ("python", platform.python_version()),
         ("torch", f"{torch.__version__} (CUDA {torch.version.cuda or 'none'})"),
         ("megatron-core", mcore),
-        ("stack", _stack(mcore)),
+        ("stack", _stack()),
         ("transformer-engine / apex", _te_apex()),
         ("extension megatron_align._C", ext),
         ("CUDA device", torch.cuda.get_device_name() if cuda else "none (CPU backend over gloo)"),
