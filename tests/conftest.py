@@ -7,8 +7,31 @@ import pytest
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+_TESTS = os.path.dirname(os.path.abspath(__file__))
+# The compat lane (`make test-compat`: Python 3.12, PyPI's CUDA torch, the newest megatron-core setup.py
+# allows) runs `pytest -m compat`: every test that touches megatron-core. The paths below (relative to tests/)
+# are marked whole; a new stage's tests join the lane by adding their folder or file here, or a single module
+# by `pytestmark = pytest.mark.compat`.
+COMPAT_PATHS = (
+    "unit/",
+    "distributed/",
+    "convert/",
+    "ops/test_tensor_parallel.py",
+    "plan/test_measured_static.py",
+    "e2e/",
+)
+
+
+def _mark_compat(items) -> None:
+    compat = pytest.mark.compat
+    for item in items:
+        rel = os.path.relpath(str(item.path), _TESTS).replace(os.sep, "/")
+        if any(rel == p or (p.endswith("/") and rel.startswith(p)) for p in COMPAT_PATHS):
+            item.add_marker(compat)
+
 
 def pytest_collection_modifyitems(config, items):
+    _mark_compat(items)
     try:
         import torch
 

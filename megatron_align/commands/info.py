@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import platform
+import sys
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -18,6 +19,28 @@ def _version(module: str) -> str:
     except Exception as e:  # noqa: BLE001 - report any import failure
         return f"not available ({type(e).__name__})"
     return str(getattr(mod, "__version__", "installed"))
+
+
+def _te_apex() -> str:
+    """Transformer Engine and Apex, said once (megatron-core's own four import warnings are silenced)."""
+    te, apex = _version("transformer_engine"), _version("apex")
+    if te.startswith("not available") and apex.startswith("not available"):
+        return ("not installed: megatron-core uses torch's optimizers and its local multi-tensor ops "
+                "(right on CPU; on GPUs install transformer-engine for the TE layer spec and fused kernels)")
+    return f"transformer-engine {te}, apex {apex}"
+
+
+def _stack() -> str:
+    """megatron-core (its distribution version) + Python, and whether CI tests that pair."""
+    from megatron_align.engine import megatron_fixes
+
+    py = "%d.%d" % sys.version_info[:2]
+    mcore = megatron_fixes.mcore_version()
+    if mcore is None:
+        return f"megatron-core not installed, Python {py}"
+    lane = megatron_fixes.tested_pair()
+    verdict = f"tested pair (CI: {lane})" if lane else f"untested pair (CI tests {megatron_fixes.tested_pairs_text()})"
+    return f"megatron-core {mcore} on Python {py}: {verdict}"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -54,8 +77,8 @@ def run(args: argparse.Namespace) -> int:
         ("python", platform.python_version()),
         ("torch", f"{torch.__version__} (CUDA {torch.version.cuda or 'none'})"),
         ("megatron-core", mcore),
-        ("transformer-engine", _version("transformer_engine")),
-        ("apex", _version("apex")),
+        ("stack", _stack()),
+        ("transformer-engine / apex", _te_apex()),
         ("extension megatron_align._C", ext),
         ("ops backend", describe_backends()),
         ("CUDA device", torch.cuda.get_device_name() if cuda else "none (CPU backend over gloo)"),

@@ -1,7 +1,7 @@
 import pytest
 import torch
+from helpers.extension import ext_ok
 
-from ext_state import _ext_ok
 from megatron_align.ops import _backend, use_backend
 
 
@@ -9,7 +9,7 @@ from megatron_align.ops import _backend, use_backend
 def backend(request):
     """Run the test once on the compiled extension (skipped when not built) and once on the fallback."""
     if request.param == "ext":
-        if not _ext_ok():
+        if not ext_ok():
             pytest.skip("megatron_align._C is not built")
         with use_backend(None):
             assert _backend.active_backend("cpu") == "cpp"

@@ -3,6 +3,7 @@ the PyTorch twins, and the backend registry."""
 
 import pytest
 import torch
+from helpers.extension import ext_ok
 
 from megatron_align import ops
 from megatron_align.ops import _backend, _reference
@@ -10,9 +11,7 @@ from megatron_align.ops.loss_backends import CE_BACKENDS, get_ce_backend
 
 
 def _ext():
-    from ext_state import _ext_ok
-
-    if not _ext_ok():
+    if not ext_ok():
         pytest.skip("megatron_align._C is not built")
     return torch.ops.megatron_align
 
