@@ -56,10 +56,14 @@ for name in ("megatron-core", "transformers", "numpy", "packaging", "safetensors
         print(f"  {name} MISSING")
 PY
 
-step build 240 env TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0}" MAX_JOBS=${MAX_JOBS:-16} \
-  "$PY" setup.py -q build_ext --inplace
+if [ -z "${SKIP_BUILD:-}" ]; then  # tools/gpu/run_all.sh builds the extension (and runs tests/gpu) first
+  step build 240 env TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0}" MAX_JOBS=${MAX_JOBS:-16} \
+    "$PY" setup.py -q build_ext --inplace
+fi
 step info 60 "$PY" -m megatron_align info
-step gpu_tests 120 "$PY" -m pytest tests/gpu "${K[@]}" -q -rs --junitxml="$OUT/gpu_tests.xml" -p no:cacheprovider
+if [ -z "${SKIP_BUILD:-}" ]; then
+  step gpu_tests 120 "$PY" -m pytest tests/gpu "${K[@]}" -q -rs --junitxml="$OUT/gpu_tests.xml" -p no:cacheprovider
+fi
 # 16 cores there: spread the compat tests over pytest-xdist workers when it is installed (the image has it)
 X=(); "$PY" -c "import xdist" 2>/dev/null && X=(-n "${XDIST_N:-6}")
 L=$(left); [ "$L" -gt 200 ] || L=200

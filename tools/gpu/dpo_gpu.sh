@@ -40,13 +40,13 @@ print(available_backends(), active_backend(torch.device('cuda')))" > "$OUT/backe
 cat "$OUT/backends.txt"
 
 # 2. loss path memory + time (writes docs/benchmarks/<gpu>_dpo_memory.csv; copied to $OUT)
-timeout 80 $PY tools/bench/bench_dpo.py --part memory --mem-fraction 0.9 --step-timeout 40 \
+timeout ${MEM_S:-80} $PY tools/bench/bench_dpo.py --part memory --mem-fraction 0.9 --step-timeout 40 \
   > "$OUT/memory.log" 2>&1
 RC[memory]=$?
 
 # 3. DPO step of a ~1B model, our stage only
 if $PY -c "import megatron.core" > "$OUT/megatron_import.txt" 2>&1; then
-  timeout 110 $PY tools/bench/bench_dpo.py --part step --model 1b --skip-trl --gbs 64 --mbs 4 --seq 1024 \
+  timeout ${STEP_S:-110} $PY tools/bench/bench_dpo.py --part step --model 1b --skip-trl --gbs 64 --mbs 4 --seq 1024 \
     --steps 8 --warmup 2 --repeats 1 --step-timeout 100 > "$OUT/step.log" 2>&1
   RC[step]=$?
 else

@@ -28,11 +28,18 @@ run_part() {  # run_part NAME LIMIT_S SCRIPT [ENV=...]
   RESULTS+=("$(printf '%-8s rc=%-4s %4ss' "$name" "$rc" "$(( $(date +%s) - t ))")")
   tail -n 40 "$ROOT/$name/run.log"
 }
-run_part kernels 235 tools/gpu/kernels_gpu.sh BUDGET_S=180
-run_part sft 175 tools/gpu/sft_te_gpu.sh SKIP_BUILD=1
-run_part dpo 115 tools/gpu/dpo_gpu.sh SKIP_BUILD=1
-if [ -f tools/gpu/compat_gpu.sh ] && (( $(date +%s) - T0 < 470 )); then
-  run_part compat $(( 560 - ($(date +%s) - T0) )) tools/gpu/compat_gpu.sh SKIP_BUILD=1
+# PARTS: which parts to run (a second call on the warm machine can run the rest: PARTS=compat)
+PARTS=${PARTS:-"kernels sft dpo compat"}
+has() { [[ " $PARTS " == *" $1 "* ]]; }
+if ! ls megatron_align/_C*.so >/dev/null 2>&1 && ! has kernels; then  # a fresh machine: build first
+  (cd . && $PY setup.py -q build_ext --inplace) > "$ROOT/build.log" 2>&1
+fi
+has kernels && run_part kernels 215 tools/gpu/kernels_gpu.sh BUDGET_S=165
+has sft && run_part sft 160 tools/gpu/sft_te_gpu.sh SKIP_BUILD=1 BUDGET_S=150
+has dpo && run_part dpo 120 tools/gpu/dpo_gpu.sh SKIP_BUILD=1 MEM_S=45 STEP_S=65
+if has compat && [ -f tools/gpu/compat_gpu.sh ]; then
+  run_part compat $(( ${TOTAL_S:-560} - ($(date +%s) - T0) )) tools/gpu/compat_gpu.sh SKIP_BUILD=1 \
+    BUDGET_S=$(( ${TOTAL_S:-560} - 20 - ($(date +%s) - T0) ))
 fi
 {
   echo "=== run_all: $(( $(date +%s) - T0 ))s on $(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null)"
