@@ -164,7 +164,7 @@ def fit_pair(c_ids, c_mask, r_ids, r_mask, prompt_len: int, seq_length: Optional
 
 
 class UnitDataset(ChatDataset):
-    """A JSONL file of records that become :class:`Unit`\ s, tokenized in memory; ``ds[i]`` is unit ``i``.
+    """A JSONL file of records that become units (:class:`Unit`), tokenized in memory; ``ds[i]`` is unit ``i``.
     Subclasses implement :meth:`_read` (append units, count what was truncated, dropped or skipped)."""
 
     def __init__(self, path: str, template: ChatTemplate, seq_length: Optional[int] = None,

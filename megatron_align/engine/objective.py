@@ -153,9 +153,11 @@ def finalize(specs: Dict[str, MetricSpec], values: Dict[str, torch.Tensor], pref
     return out
 
 
-def empty_output(output: torch.Tensor) -> torch.Tensor:
-    """A zero loss still connected to the graph (a micro-batch with no unit must still run backward)."""
-    return output.sum() * 0.0
+def empty_output(output) -> torch.Tensor:
+    """A zero loss still connected to the graph (a micro-batch with no unit must still run backward). ``output``
+    is a tensor, or the fused LM-head input (hidden states + weight) of ``model.loss_backend=fused_linear``."""
+    hidden = getattr(output, "hidden", None)
+    return (hidden if hidden is not None else output).sum() * 0.0
 
 
 def mean_metric(total: torch.Tensor, count) -> torch.Tensor:

@@ -50,7 +50,8 @@ def test_logprobs_uses_the_training_forward_with_cu_seqlens(tmp_path):
 ])
 def test_user_errors_are_one_line_and_exit_2(argv, needle):
     env = dict(os.environ, RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
-               MASTER_PORT=str(29000 + os.getpid() % 1000), PYTHONPATH=ROOT)
+               MASTER_PORT=str(29000 + os.getpid() % 1000),
+               PYTHONPATH=os.pathsep.join([ROOT] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else [])))
     p = subprocess.run([sys.executable, "-m", "megatron_align", *argv], cwd=ROOT, env=env, capture_output=True,
                        text=True, timeout=300)
     assert p.returncode == 2, p.stderr[-2000:]

@@ -19,7 +19,11 @@ def test_info_reports_stack_and_says_te_apex_once():
     assert MEGATRON_WARNING not in out.stderr, out.stderr
     # megatron-core >= 0.17 + a CUDA torch on a GPU-less machine made torch log this at import
     assert mf.CUDA_HOME_NOTICE not in out.stderr, out.stderr
-    assert out.stderr == "", out.stderr  # clean output: nothing else either
+    # clean output: nothing else either (bar a third-party SyntaxWarning that Python prints when it compiles a
+    # package installed without .pyc files, e.g. `pip install --no-compile`: not an import-time message of ours)
+    lines = out.stderr.splitlines()
+    noise = {i + d for i, ln in enumerate(lines) if "SyntaxWarning" in ln and "megatron_align" not in ln for d in (0, 1)}
+    assert [ln for i, ln in enumerate(lines) if i not in noise] == [], out.stderr
     py = "%d.%d" % sys.version_info[:2]
     stack = [line for line in out.stdout.splitlines() if line.startswith("stack ")]
     assert len(stack) == 1, out.stdout
