@@ -15,7 +15,7 @@ import json
 from typing import List, Optional
 
 from megatron_align.errors import UserError
-from megatron_align.config.forward import ForwardJob
+from megatron_align.config.forward import ForwardJob, add_forward_arguments
 
 
 
@@ -24,15 +24,8 @@ class LogprobsError(UserError, ValueError):
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--load", required=True, help="checkpoint root (with `latest`) or checkpoint directory")
-    parser.add_argument("--data", required=True, help='JSONL: {"input_ids": [...]} or {"messages": [...]} per line')
-    parser.add_argument("--out", required=True, help="output JSONL (written by global rank 0)")
-    parser.add_argument("--tokenizer", default=None, help="tokenizer for `messages` lines (default: CKPT's tokenizer/)")
-    parser.add_argument("--template", default=None, help="chat template for `messages` (default: the family's)")
-    parser.add_argument("--seq-length", type=int, default=2048, help="row length; sequences are packed into rows")
-    parser.add_argument("--micro-batch-size", type=int, default=1, help="rows per micro-batch")
-    parser.add_argument("--config", default=None, help="optional YAML with model/parallel sections")
-    parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. parallel.tp=2 parallel.pp=2")
+    add_forward_arguments(parser, load_help='checkpoint root (with `latest`) or checkpoint directory',
+                          data_help='JSONL: {"input_ids": [...]} or {"messages": [...]} per line')
 
 
 # -- input --------------------------------------------------------------------------------------------

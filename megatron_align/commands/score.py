@@ -14,19 +14,12 @@ import json
 import os
 from typing import List
 
-from megatron_align.config.forward import ForwardJob
+from megatron_align.config.forward import ForwardJob, add_forward_arguments
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--load", required=True, help="reward-model checkpoint (run directory, step or release/)")
-    parser.add_argument("--data", required=True, help='JSONL: {"prompt": ..., "response": ...} or {"input_ids": [...]}')
-    parser.add_argument("--out", required=True, help="output JSONL (written by global rank 0)")
-    parser.add_argument("--tokenizer", default=None, help="tokenizer (default: the checkpoint's tokenizer/)")
-    parser.add_argument("--template", default=None, help="chat template (default: the family's)")
-    parser.add_argument("--seq-length", type=int, default=2048, help="row length; sequences are packed into rows")
-    parser.add_argument("--micro-batch-size", type=int, default=1, help="rows per micro-batch")
-    parser.add_argument("--config", default=None, help="optional YAML with model/parallel sections")
-    parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. parallel.tp=2 parallel.pp=2")
+    add_forward_arguments(parser, load_help='reward-model checkpoint (run directory, step or release/)',
+                          data_help='JSONL: {"prompt": ..., "response": ...} or {"input_ids": [...]}')
 
 
 def read_scoring_lines(path: str, template, seq_length: int, vocab_size: int):

@@ -7,7 +7,6 @@ import sys
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from helpers.dist import run_distributed
 from helpers.stage_runs import cli, first_step

@@ -3,7 +3,6 @@ LlamaForSequenceClassification, and a trained RM converts back to *ForSequenceCl
 `megatron-align score` within 1e-5 (unpadded sequences), at TP=2 and PP=2."""
 
 import json
-import os
 
 import pytest
 import torch

@@ -8,19 +8,12 @@ import pytest
 
 from helpers.dist import run_distributed
 from helpers.sft_runs import sft
-from helpers.stage_runs import TINY, first_step, stage
+from helpers.stage_runs import LAYOUTS, first_step, stage
 
 pytestmark = [pytest.mark.distributed]
 
-SFT_DATA = [f"data.path={TINY}/chat_train.jsonl", "data.eval_path=null"]
-LAYOUTS = {
-    "unpacked_mbs1": (1, ["data.packing=false", "train.micro_batch_size=1"]),
-    "packed_mbs1": (1, ["train.micro_batch_size=1"]),
-    "packed_tp2": (2, ["parallel.tp=2"]),
-    "packed_pp2": (2, ["parallel.pp=2", "train.micro_batch_size=1"]),
-    "unpacked_dp2": (2, ["data.packing=false"]),
-    "fused_linear_tp2": (2, ["parallel.tp=2", "model.loss_backend=fused_linear", "model.loss_chunk_size=48"]),
-}
+LAYOUTS = dict(LAYOUTS, fused_linear_tp2=(2, ["parallel.tp=2", "model.loss_backend=fused_linear",
+                                                 "model.loss_chunk_size=48"]))
 
 
 @pytest.fixture(scope="module")

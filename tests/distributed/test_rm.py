@@ -6,7 +6,7 @@ import os
 import pytest
 
 from helpers.dist import run_distributed
-from helpers.stage_runs import first_step, stage
+from helpers.stage_runs import LAYOUTS, first_step, stage
 
 pytestmark = [pytest.mark.distributed]
 
@@ -14,14 +14,7 @@ pytestmark = [pytest.mark.distributed]
 # and gradient, however the pairs are laid out: chosen and rejected packed as two documents of one row or each
 # pair alone in a padded row, micro-batch 1 or 2, TP=2 (the scalar head is replicated, its input gathered), PP=2,
 # DP=2. Tolerances as for SFT (reduction order only; a layout bug moves both by O(1)).
-LAYOUTS = {
-    "unpacked_mbs1": (1, ["data.packing=false", "train.micro_batch_size=1"]),
-    "packed_mbs1": (1, ["train.micro_batch_size=1"]),
-    "packed_tp2": (2, ["parallel.tp=2"]),
-    "packed_tp2_sp": (2, ["parallel.tp=2", "parallel.sp=true"]),
-    "packed_pp2": (2, ["parallel.pp=2", "train.micro_batch_size=1"]),
-    "unpacked_dp2": (2, ["data.packing=false"]),
-}
+LAYOUTS = dict(LAYOUTS, packed_tp2_sp=(2, ["parallel.tp=2", "parallel.sp=true"]))
 
 
 @pytest.fixture(scope="module")

@@ -10,6 +10,16 @@ CONFIGS = {"rm": os.path.join(ROOT, "examples", "configs", "rm_tiny_cpu.yaml"),
            "dpo": os.path.join(ROOT, "examples", "configs", "dpo_tiny_cpu.yaml")}
 TINY = os.path.join(ROOT, "megatron_align", "assets", "tiny")
 
+# Layouts the same global batch must give the same loss and gradient in (world size, overrides); the reference
+# is packed rows, micro-batch 2, one process.
+LAYOUTS = {
+    "unpacked_mbs1": (1, ["data.packing=false", "train.micro_batch_size=1"]),
+    "packed_mbs1": (1, ["train.micro_batch_size=1"]),
+    "packed_tp2": (2, ["parallel.tp=2"]),
+    "packed_pp2": (2, ["parallel.pp=2", "train.micro_batch_size=1"]),
+    "unpacked_dp2": (2, ["data.packing=false"]),
+}
+
 # Small and quick: 2 layers, short rows, few pairs per step.
 BASE = ["model.num_layers=2", "data.seq_length=64", "train.global_batch_size=8", "train.eval_interval=0",
         "output.tensorboard=false", "output.progress_bar=false", "parallel.tp=1", "optim.warmup_steps=0",
