@@ -90,7 +90,7 @@ def compute_logprobs(args: argparse.Namespace, job: ForwardJob) -> int:
 
     from megatron_align.checkpoint import layout
     from megatron_align.data.samples import Sample
-    from megatron_align.engine.collect import run_per_document
+    from megatron_align.engine.collect import run_per_document, write_in_input_order
     from megatron_align.engine.session import check_layout, frozen_from_checkpoint
     from megatron_align.ops import token_logprobs
     from megatron_align.runtime import setup_runtime, teardown
@@ -137,14 +137,8 @@ def compute_logprobs(args: argparse.Namespace, job: ForwardJob) -> int:
 
         merged = run_per_document(session, samples, per_token, device=rt.device)
         if merged is not None:
-            missing = [i for i in range(len(seqs)) if i not in merged]
-            if missing:
-                raise RuntimeError(f"internal error: no log-probs came back for sequences {missing[:5]}")
-            tmp = f"{args.out}.tmp-{os.getpid()}"
-            with open(tmp, "w") as f:
-                for i in range(len(seqs)):
-                    f.write(json.dumps({"token_logprobs": merged[i], "sum": float(sum(merged[i]))}) + "\n")
-            os.replace(tmp, args.out)
+            write_in_input_order(args.out, merged, len(seqs), lambda i, lp: {"token_logprobs": lp, "sum": float(sum(lp))},
+                                 "log-probs")
             print(json.dumps({"out": args.out, "sequences": len(seqs), "tp": job.parallel.tp, "pp": job.parallel.pp,
                               "dp": rt.dp}))
         dist.barrier()

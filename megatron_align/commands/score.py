@@ -93,7 +93,7 @@ def _template(args, ckpt: str, arch):
 def _score(args, job, records: List[dict], samples) -> int:
     import torch.distributed as dist
 
-    from megatron_align.engine.collect import run_per_document
+    from megatron_align.engine.collect import run_per_document, write_in_input_order
     from megatron_align.engine.session import frozen_from_checkpoint
     from megatron_align.runtime import setup_runtime, teardown
 
@@ -108,14 +108,7 @@ def _score(args, job, records: List[dict], samples) -> int:
 
         merged = run_per_document(session, samples, rewards, device=rt.device)
         if merged is not None:
-            missing = [i for i in range(len(samples)) if i not in merged]
-            if missing:
-                raise RuntimeError(f"internal error: no reward came back for lines {missing[:5]}")
-            tmp = f"{args.out}.tmp-{os.getpid()}"
-            with open(tmp, "w") as f:
-                for i, rec in enumerate(records):
-                    f.write(json.dumps({**rec, "reward": merged[i]}) + "\n")
-            os.replace(tmp, args.out)
+            write_in_input_order(args.out, merged, len(records), lambda i, r: {**records[i], "reward": r}, "reward")
             print(json.dumps({"out": args.out, "lines": len(records), "tp": job.parallel.tp, "pp": job.parallel.pp,
                               "dp": rt.dp}))
         dist.barrier()

@@ -15,6 +15,8 @@ two documents, prompt + chosen (role 0) and prompt + rejected (role 1); ``target
 
 from __future__ import annotations
 
+import abc
+
 import math
 import os
 from dataclasses import dataclass
@@ -179,8 +181,9 @@ class UnitDataset(ChatDataset):
         self.stats.n_skipped_bad = len(skipped)
         self.lengths = np.asarray([len(u) for u in self._units], dtype=np.int64)
 
+    @abc.abstractmethod
     def _read(self, template, seq_length, overlong, on_bad_line, skipped) -> None:
-        raise NotImplementedError
+        """Append this file's units to ``self._units``, counting in ``self.stats`` and ``skipped``."""
 
     def _check_vocab(self, lineno: int, *arrays) -> None:
         bad = max(int(a.max()) for a in arrays)

@@ -66,3 +66,20 @@ def run_per_document(session, samples, fn, *, pad_id: int = 0, device=None) -> O
     collector = PerDocument(fn)
     session.run(inputs, collector, forward_only=True)
     return gather_to_rank0(collector.results)
+
+
+def write_in_input_order(path: str, results: Dict[int, Any], n: int, line: Callable[[int, Any], dict],
+                         what: str) -> None:
+    """Rank 0: one JSON line per input ``0..n-1`` (``line(i, results[i])``), written atomically (tmp + rename).
+    Every input must have come back (a missing one is a bug, not a user error)."""
+    import json
+    import os
+
+    missing = [i for i in range(n) if i not in results]
+    if missing:
+        raise RuntimeError(f"internal error: no {what} came back for inputs {missing[:5]}")
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        for i in range(n):
+            f.write(json.dumps(line(i, results[i])) + "\n")
+    os.replace(tmp, path)

@@ -13,6 +13,8 @@ Both kinds present the same face (``arch``, ``meta(name)``, ``get(name)``) over 
 
 from __future__ import annotations
 
+import abc
+
 import os
 from typing import Dict, List, Optional, Tuple
 
@@ -23,18 +25,20 @@ from megatron_align.convert.errors import ConvertError
 from megatron_align.models.arch import ArchSpec
 
 
-class TensorSource:
+class TensorSource(abc.ABC):
     path: str
     kind: str  # "hf" | "mcore"
     arch: ArchSpec
     tokenizer_dir: str  # where its tokenizer files are
     hf_code_dir: str  # where its remote-code files are (may not exist)
 
+    @abc.abstractmethod
     def meta(self, name: str) -> torch.Tensor:
-        raise NotImplementedError
+        """Shape and dtype of tensor ``name`` (HF naming), as a meta tensor, without reading it."""
 
+    @abc.abstractmethod
     def get(self, name: str) -> torch.Tensor:
-        raise NotImplementedError
+        """Tensor ``name`` (HF naming), read now."""
 
     def close(self) -> None:
         pass

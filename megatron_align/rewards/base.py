@@ -23,7 +23,7 @@ class RewardComponent:
     of the batch; per-sample exceptions fail only that sample."""
 
     def score_one(self, prompt: str, response: str, sample: Mapping[str, Any]) -> float:
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} must override score_one or score_batch")
 
     def score_batch(self, prompts: Sequence[str], responses: Sequence[str],
                     samples: Sequence[Mapping[str, Any]]) -> List[Any]:

@@ -39,11 +39,13 @@ def _sha256(path: Optional[str]) -> Optional[str]:
 class DPOStage(Stage):
     name = "dpo"
 
-    def __init__(self, cfg: DPOConfig) -> None:
+    def __init__(self, cfg: DPOConfig, *, read_cache: bool = True) -> None:
         super().__init__(cfg)
         self.ref_session = None
         self.needs_reference = cfg.dpo.loss_type not in ("simpo", "orpo")
-        cached = ("ref_logp",) if self.needs_reference and cfg.dpo.reference == "cache" else ()
+        # the cache is read when training with dpo.reference=cache, never while writing it (--precompute-reference)
+        self.read_cache = read_cache and self.needs_reference and cfg.dpo.reference == "cache"
+        cached = ("ref_logp",) if self.read_cache else ()
         self.value_keys = cached + (("label",) if cfg.dpo.loss_type == "kto" else ())
 
     # ------------------------------------------------------------------------------------------- data
@@ -59,7 +61,7 @@ class DPOStage(Stage):
         opener = open_unpaired if cfg.dpo.loss_type == "kto" else open_pairs
         train = opener(cfg.data.path, cfg.data, self.template, arch.vocab_size)
         evalds = opener(cfg.data.eval_path, cfg.data, self.template, arch.vocab_size) if cfg.data.eval_path else None
-        if self.needs_reference and cfg.dpo.reference == "cache":
+        if self.read_cache:
             self._apply_cache(train, evalds, tok)
         cats = tuple(sorted({u.category for u in (evalds.units() if evalds else []) if u.category is not None}))
         st = train.stats
@@ -182,13 +184,19 @@ def open_unpaired(path: str, cfg, template, vocab_size=None):
     return UnpairedDataset(path, template, cfg.seq_length, cfg.overlong, cfg.on_bad_line, vocab_size)
 
 
+def _summed_response_logps(inputs, output) -> Dict[int, float]:
+    """{sample_id: Σ log p(response tokens)} of one micro-batch's documents (a PerDocument function)."""
+    from megatron_align.losses.dpo import doc_logps
+
+    return dict(zip(inputs.docs.sample_ids, doc_logps(inputs, output)[0].tolist()))
+
+
 def response_logps(session, inputs) -> Dict[int, float]:
     """{sample_id: Σ log p(response tokens)} of every document of ``inputs`` under ``session`` (forward only;
     empty on pipeline stages other than the last)."""
     from megatron_align.engine.collect import PerDocument
-    from megatron_align.losses.dpo import doc_logps
 
-    collector = PerDocument(lambda x, out: dict(zip(x.docs.sample_ids, doc_logps(x, out)[0].tolist())))
+    collector = PerDocument(_summed_response_logps)
     session.run(inputs, collector, forward_only=True)
     return collector.results
 
@@ -223,14 +231,11 @@ def precompute_reference(cfg: DPOConfig) -> Dict[str, Any]:
     """Reference log-probs of every train (and eval) document -> the keyed cache file (written by rank 0)."""
     from megatron_align.engine.collect import run_per_document
     from megatron_align.engine.session import resolve_arch_for
-    from megatron_align.losses.dpo import doc_logps
     from megatron_align.runtime import setup_runtime, teardown
 
-    stage = DPOStage(cfg)
+    stage = DPOStage(cfg, read_cache=False)
     if not stage.needs_reference:
         raise ConfigError(f"dpo.loss_type={cfg.dpo.loss_type} uses no reference model: nothing to precompute")
-    stage.value_keys = ()
-    cfg.dpo.reference = "online"  # build the data without reading a cache
     load = stage.reference_load()
     from megatron_align.checkpoint import layout
 
@@ -248,9 +253,8 @@ def precompute_reference(cfg: DPOConfig) -> Dict[str, Any]:
             if ds is None:
                 continue
             docs = [d for u in ds.units() for d in u.docs]
-            merged = run_per_document(session, docs, lambda x, out: dict(zip(x.docs.sample_ids,
-                                                                              doc_logps(x, out)[0].tolist())),
-                                      pad_id=data.tokenizer.pad_id, device=rt.device)
+            merged = run_per_document(session, docs, _summed_response_logps, pad_id=data.tokenizer.pad_id,
+                                      device=rt.device)
             if merged is not None:
                 records += [{"split": split, "doc": d.sample_id, "ref_logp": merged[d.sample_id]} for d in docs]
         path = stage.cache_path()
