@@ -30,12 +30,10 @@ SEQS_PER_SAMPLE = 3
 
 
 def _megatron_indexed():
-    """megatron.core.datasets.indexed_dataset, imported on first use without its TE/Apex fallback warnings."""
-    import warnings
+    """megatron.core.datasets.indexed_dataset, imported on first use (its TE/Apex warnings are silenced once for
+    the package: megatron_align/__init__.py)."""
+    from megatron.core.datasets import indexed_dataset
 
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*Transformer Engine and Apex are not installed.*")
-        from megatron.core.datasets import indexed_dataset
     return indexed_dataset
 
 
