@@ -5,11 +5,13 @@ tokens) and PPO's critic settings. Key names follow issue 11 (``rl.num_generatio
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional
 
 from megatron_align.config.base import ConfigError, help_field
+from megatron_align.config.optim import OptimizerConfig
 
 
 @dataclass
@@ -119,9 +121,14 @@ class PPOConfig:
     gamma: float = help_field(1.0, help="GAE discount γ.")
     lam: float = help_field(0.95, help="GAE λ.")
     value_clip: Optional[float] = help_field(0.2, help="Clip the value prediction to old ± this (null: off).")
-    value_loss_coef: float = help_field(0.5, help="Reported weight of the critic's loss (it has its own optimizer).")
-    critic_lr: float = help_field(5e-6, help="The critic's learning rate.")
-    critic_load: Optional[str] = help_field(None, help="Critic initial weights (default: the reward model's).")
+    critic_lr: float = help_field(5e-6, help="The critic's peak learning rate; its other optimizer settings are the "
+                                             "stage's `optim` section (min_lr capped at this lr).")
+    critic_optim: Optional[OptimizerConfig] = help_field(
+        None, help="A whole optimizer section for the critic (overrides critic_lr and the stage's `optim`).")
+    critic_load: Optional[str] = help_field(
+        None, help="Critic initial weights: a reward-model checkpoint (its reward head becomes the value head) or "
+                   "any checkpoint of the policy's architecture (an LM checkpoint gets a freshly initialised value "
+                   "head); null: the policy's start (train.load), value head fresh.")
     whiten_advantages: bool = help_field(True, help="Normalise GAE advantages over the batch.")
 
     def validate(self) -> None:
@@ -131,6 +138,12 @@ class PPOConfig:
             raise ConfigError(f"rl.ppo.value_clip: must be > 0 or null, got {self.value_clip}")
         if self.critic_lr <= 0:
             raise ConfigError(f"rl.ppo.critic_lr: must be > 0, got {self.critic_lr}")
+
+    def critic_optimizer(self, stage_optim: OptimizerConfig) -> OptimizerConfig:
+        """The critic's optimizer section: ``critic_optim``, else the stage's with ``lr = critic_lr``."""
+        if self.critic_optim is not None:
+            return self.critic_optim
+        return dataclasses.replace(stage_optim, lr=self.critic_lr, min_lr=min(stage_optim.min_lr, self.critic_lr))
 
 
 @dataclass
