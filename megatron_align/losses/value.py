@@ -46,7 +46,7 @@ class ValueObjective(Objective):
             need = RETURNS if self.value_clip is None else f"{RETURNS} and {OLD_VALUES}"
             raise KeyError(f"ValueObjective: the micro-batch has no per-token {need} in inputs.extra "
                            f"(set them with stages.critic.set_token_values)")
-        values = output.float()
+        values = output.float().reshape(mask.shape)  # the THD (TE) forward hands [1, b*s]
         returns = inputs.extra[RETURNS].to(values)
         old = inputs.extra[OLD_VALUES].to(values) if OLD_VALUES in inputs.extra else values.detach()
         m = mask > 0

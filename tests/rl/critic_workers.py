@@ -135,6 +135,7 @@ def single_process(workdir: str):
             res["hand_clipfrac"] = float(clipped.double().mean())
             res["hand_ev"] = float(1 - (all_r - all_v).var(unbiased=False) / all_r.var(unbiased=False))
             res["hand_values_mean"], res["hand_returns_mean"] = float(all_v.mean()), float(all_r.mean())
+    res["starts"] = starts(workdir)
     # unclipped loss through the objective (one more fresh critic, forward only through update's metrics)
     c = build(1, 1, 2, load, clip=None, setup=False)
     res["unclipped_loss"] = c.update(inputs_for(docs, 2, True, returns))["value_loss"]
@@ -188,3 +189,47 @@ def learn(steps: int = 30):
         docs, r = parity_docs(step, 16)
         losses.append(c.update(inputs_for(docs, 4, True, r))["value_loss"])
     return {"before": before, "after": mse(), "losses": losses}
+
+
+def starts(workdir: str):
+    """An LM checkpoint as the start (the policy's): the trunk is loaded, the value head is the fresh seeded one;
+    a checkpoint of another architecture is refused naming the field."""
+    import json
+
+    from megatron_align.checkpoint import layout
+    from megatron_align.checkpoint.layout import CheckpointError
+    from megatron_align.checkpoint.model_io import save_model, unwrap
+    from megatron_align.config import ModelConfig, ParallelConfig
+    from megatron_align.engine.session import ModelSession
+    from megatron_align.models.families import resolve_arch
+
+    arch = resolve_arch("tiny-llama", None, None, 2)
+    lm = ModelSession(ModelConfig(name="tiny-llama", precision="fp32", num_layers=2), ParallelConfig(), arch,
+                      seq_length=SEQ, micro_batch_size=1, trainable=False)
+    with torch.no_grad():
+        for p in lm.chunks[0].parameters():
+            p.add_(0.01)  # distinct from any fresh initialisation
+    lm_dir = os.path.join(workdir, "lm")
+    save_model(lm.chunks, os.path.join(lm_dir, layout.MODEL_DIR))
+    layout.write_arch(lm_dir, arch)
+    open(os.path.join(lm_dir, layout.COMPLETE), "w").write("ok\n")
+    fresh = build(1, 1, 2, None, setup=False)
+    c = build(1, 1, 2, lm_dir, setup=False)
+    lm_sd, c_sd, f_sd = lm.chunks[0].state_dict(), unwrap(c.session.chunks[0]).state_dict(), \
+        unwrap(fresh.session.chunks[0]).state_dict()
+    emb = "embedding.word_embeddings.weight"
+    out = {"head_init": c.head_init, "trunk_loaded": bool(torch.equal(c_sd[emb], lm_sd[emb])),
+           "head_is_fresh_init": bool(torch.equal(c_sd["reward_head.weight"], f_sd["reward_head.weight"])),
+           "lm_head_absent": not any(k.startswith("output_layer") for k in c_sd)}
+    bad = os.path.join(workdir, "bad")
+    os.makedirs(bad)
+    a = json.load(open(os.path.join(lm_dir, layout.ARCH_FILE)))
+    a["num_layers"] = 3
+    json.dump(a, open(os.path.join(bad, layout.ARCH_FILE), "w"))
+    open(os.path.join(bad, layout.COMPLETE), "w").write("ok\n")
+    try:
+        build(1, 1, 2, bad, setup=False)
+        out["bad_arch_error"] = None
+    except CheckpointError as exc:
+        out["bad_arch_error"] = str(exc)
+    return out

@@ -68,6 +68,31 @@ def test_loss_grad_and_values_invariant_across_layouts(reference, tp, pp, dp):
     assert seen == set(res["values"])
 
 
+def test_start_from_an_lm_checkpoint_and_a_wrong_architecture(reference):
+    _, res = reference
+    s = res["starts"]
+    assert s["head_init"] == "fresh" and s["trunk_loaded"] and s["head_is_fresh_init"] and s["lm_head_absent"], s
+    assert s["bad_arch_error"] is not None and "num_layers: 3 vs 2" in s["bad_arch_error"], s
+
+
+def test_ppo_config_critic_optimizer():
+    from megatron_align.config.base import ConfigError, load_config
+    from megatron_align.config.optim import OptimizerConfig
+    from megatron_align.config.rl import RLConfig
+
+    stage_optim = OptimizerConfig(lr=1e-5, min_lr=1e-6, weight_decay=0.05)
+    rl = load_config(RLConfig, None, ["ppo.critic_lr=2e-6"])
+    got = rl.ppo.critic_optimizer(stage_optim)
+    assert (got.lr, got.min_lr, got.weight_decay) == (2e-6, 1e-6, 0.05)
+    got = load_config(RLConfig, None, ["ppo.critic_lr=1e-7"]).ppo.critic_optimizer(stage_optim)
+    assert (got.lr, got.min_lr) == (1e-7, 1e-7)
+    rl = load_config(RLConfig, None, ["ppo.critic_optim.lr=3e-4", "ppo.critic_optim.decay_style=constant"])
+    got = rl.ppo.critic_optimizer(stage_optim)
+    assert (got.lr, got.decay_style, got.weight_decay) == (3e-4, "constant", OptimizerConfig().weight_decay)
+    with pytest.raises(ConfigError, match="critic_lr"):
+        load_config(RLConfig, None, ["ppo.critic_lr=0"])
+
+
 def test_resume_continues_exactly(reference):
     _, res = reference
     r = res["resume"]
