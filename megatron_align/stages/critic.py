@@ -121,7 +121,9 @@ class Critic:
         """One optimizer step of the value loss over ``inputs`` (this DP rank's micro-batches of the step, with
         ``extra["returns"]`` and, when clipping, ``extra["old_values"]``): the token mean over the global step.
         Returns the globally reduced metrics (value_loss, value_clipfrac, values_mean, returns_mean,
-        value_explained_var, value_grad_norm, value_lr). Collective over every rank."""
+        value_explained_var, value_grad_norm, value_lr, value_tokens). Collective over every rank: each DP rank
+        passes at least one micro-batch (pad with ``data.batch.empty_micro_batch`` rows to the DP maximum, as the
+        trainer does), the ranks of a TP/PP group the same ones."""
         counts = counts if counts is not None else self.step_counts(inputs)
         self.objective.begin_step(counts)
         self.optimizer.zero_grad()
