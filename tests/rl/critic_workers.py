@@ -221,6 +221,7 @@ def starts(workdir: str):
     out = {"head_init": c.head_init, "trunk_loaded": bool(torch.equal(c_sd[emb], lm_sd[emb])),
            "head_is_fresh_init": bool(torch.equal(c_sd["reward_head.weight"], f_sd["reward_head.weight"])),
            "lm_head_absent": not any(k.startswith("output_layer") for k in c_sd)}
+    out["from_config"] = from_config(os.path.join(workdir, "start", "critic"))
     bad = os.path.join(workdir, "bad")
     os.makedirs(bad)
     a = json.load(open(os.path.join(lm_dir, layout.ARCH_FILE)))
@@ -233,3 +234,24 @@ def starts(workdir: str):
     except CheckpointError as exc:
         out["bad_arch_error"] = str(exc)
     return out
+
+
+def from_config(critic_load: str):
+    """Critic.from_config on a stage-like config: rl.ppo.critic_load wins over train.load, the optimizer is the
+    stage's at rl.ppo.critic_lr."""
+    from types import SimpleNamespace
+
+    from megatron_align.config import ModelConfig, ParallelConfig
+    from megatron_align.config.optim import OptimizerConfig
+    from megatron_align.config.rl import PPOConfig, RLConfig
+    from megatron_align.models.families import resolve_arch
+    from megatron_align.stages.critic import Critic
+
+    cfg = SimpleNamespace(model=ModelConfig(name="tiny-llama", precision="fp32", num_layers=2),
+                          parallel=ParallelConfig(), optim=OptimizerConfig(lr=1e-5, warmup_steps=0),
+                          data=SimpleNamespace(seq_length=SEQ),
+                          train=SimpleNamespace(micro_batch_size=2, load="/nonexistent/policy/start"),
+                          rl=RLConfig(ppo=PPOConfig(critic_load=critic_load, critic_lr=3e-6, value_clip=None)))
+    c = Critic.from_config(cfg, resolve_arch("tiny-llama", None, None, 2), total_steps=4)
+    return {"head_init": c.head_init, "loaded_from": c.loaded_from, "lr": c.optimizer.param_groups[0]["lr"],
+            "clip": c.objective.value_clip, "micro_batch_size": c.session.micro_batch_size}

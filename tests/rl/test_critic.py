@@ -73,6 +73,9 @@ def test_start_from_an_lm_checkpoint_and_a_wrong_architecture(reference):
     s = res["starts"]
     assert s["head_init"] == "fresh" and s["trunk_loaded"] and s["head_is_fresh_init"] and s["lm_head_absent"], s
     assert s["bad_arch_error"] is not None and "num_layers: 3 vs 2" in s["bad_arch_error"], s
+    fc = s["from_config"]
+    assert fc["head_init"] == "checkpoint" and fc["loaded_from"].endswith("start/critic"), fc
+    assert (fc["lr"], fc["clip"], fc["micro_batch_size"]) == (3e-6, None, 2), fc
 
 
 def test_ppo_config_critic_optimizer():
