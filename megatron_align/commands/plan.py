@@ -122,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _plan_rl(args: argparse.Namespace) -> int:
     """--config: the RL case (megatron_align.plan.rl) at the config's layout, then the search."""
-    from megatron_align.config.base import ConfigError, load_config
+    from megatron_align.config.base import ConfigError, load_config, read_yaml
     from megatron_align.models.families import ModelSpecError, resolve_arch
     from megatron_align.plan.memory import GiB
     from megatron_align.plan.rl import (STAGE_CONFIGS, config_layout, config_space, config_workload, layout_problem,
@@ -136,6 +136,9 @@ def _plan_rl(args: argparse.Namespace) -> int:
                              "--hf-config / --seq-length (override with model.name=... data.seq_length=...)")
         if not 0 <= args.reserve < 1:
             raise ValueError(f"--reserve must be in [0, 1), got {args.reserve}")
+        if "rl" not in (read_yaml(args.config) or {}):
+            raise ConfigError(f"{args.config}: no `rl` section; `plan --config` plans GRPO / PPO configs (for SFT, "
+                              f"RM and DPO give --model or --hf-config and --seq-length)")
         cfg = load_config(STAGE_CONFIGS[args.stage], args.config, args.overrides)
         m = cfg.model
         try:

@@ -295,6 +295,8 @@ def precision_dtypes(precision: str) -> Dtypes:
 def rl_workload(cfg: RLJobConfig, stage: str, policy: ArchSpec, reward_arch: ArchSpec) -> RLWorkload:
     if stage not in RL_STAGES:
         raise ConfigError(f"stage {stage!r}: the RL planner knows {', '.join(RL_STAGES)}")
+    if cfg.model.head != "lm":
+        raise ConfigError(f"model.head: the RL policy is a language model (model.head=lm), got {cfg.model.head!r}")
     rl, ro = cfg.rl, cfg.rl.rollout
     frozen: List[FrozenModel] = []
     if rl.kl.beta > 0:

@@ -77,6 +77,7 @@ def build_rl_report(arch: ArchSpec, name: str, rl: RLWorkload, work: Workload, d
                   for m in ranks],
         "peak": {"pp_rank": peak.pp_rank, "total_gib": _gib(peak.total)},
         "fits": peak.total <= budget,
+        "notes": notes(rl, work, kv),
     }
     if result is not None:
         rep["search"] = {
@@ -86,6 +87,18 @@ def build_rl_report(arch: ArchSpec, name: str, rl: RLWorkload, work: Workload, d
             "feasible_total": len(result.feasible),
         }
     return rep
+
+
+def notes(rl: RLWorkload, work: Workload, kv) -> List[str]:
+    """What the config asks that the numbers alone do not show."""
+    ro, out = rl.rollout, []
+    if work.seq_length < ro.sequence_tokens:
+        out.append(f"data.seq_length={work.seq_length} is shorter than rl.rollout.max_prompt_length + max_new_tokens = "
+                   f"{ro.sequence_tokens}: a long prompt with a full completion does not fit one training row")
+    if kv.concurrent_sequences < ro.max_requests:
+        out.append(f"rl.rollout.kv_cache_gb holds {kv.concurrent_sequences} full-length sequences, max_requests is "
+                   f"{ro.max_requests}: raise kv_cache_gb to {kv.needed / GiB:.2f} or lower max_requests")
+    return out
 
 
 HEADER = " GPUs  layout             recompute  k  peakGiB  policy  critic  frozen     kv  rollout  act+kl  +FLOPs"
@@ -139,6 +152,7 @@ def format_rl_text(rep: Dict[str, Any]) -> str:
     out.append(f"peak {rep['peak']['total_gib']:.2f} GiB on stage {rep['peak']['pp_rank']}; budget "
                f"{a['budget_gib']:g} GiB ({a['gpu_memory_gib']:g} GiB - {100 * a['reserve_fraction']:g}% reserve): "
                f"{verdict}")
+    out += [f"note: {n}" for n in rep["notes"]]
     s = rep.get("search")
     if s:
         out.append("")

@@ -254,3 +254,19 @@ def test_bad_input_is_one_line(tmp_path, capsys):
     assert "--gpus 6" in capsys.readouterr().err
     assert main(["plan", "--model", "llama3-8b"]) == 2
     assert "--seq-length" in capsys.readouterr().err
+    sft = os.path.join(ROOT, "examples", "configs", "llama3_70b.yaml")
+    assert main(["plan", "--config", sft]) == 2
+    assert "no `rl` section" in capsys.readouterr().err
+    assert main(["plan", "--config", _tiny_config(tmp_path), "model.head=reward"]) == 2
+    assert "model.head" in capsys.readouterr().err
+
+
+def test_notes_name_what_does_not_fit_a_row_or_the_cache(tmp_path, capsys):
+    path = _tiny_config(tmp_path)
+    assert main(["plan", "--config", path, "data.seq_length=32", "rl.rollout.kv_cache_gb=0.0001", "--max-gpus", "8"]) == 0
+    text = capsys.readouterr().out
+    assert "note: data.seq_length=32 is shorter than rl.rollout.max_prompt_length + max_new_tokens = 64" in text
+    # fp32 KV at TP2 x PP2: 4 x 2 x 2 layers x 16 tokens x 1 group x 16 = 4096 B a block; 8 requests x 4 blocks + 1
+    assert "raise kv_cache_gb to 0.00" in text and "SHORT" in text
+    assert kv_cache(TINY, 2, 2, _rollout(max_requests=8, max_prompt_length=48, max_new_tokens=16), 4).needed == \
+        (8 * 4 + 1) * 4096
