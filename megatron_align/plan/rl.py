@@ -111,6 +111,7 @@ class RLWorkload:
     stage: str
     rollout: Rollout
     frozen: Tuple[FrozenModel, ...] = ()
+    unused: Tuple[str, ...] = ()  # keys set for a model the config does not use (reported, not counted)
 
 
 # ------------------------------------------------------------------------------------------------ KV cache
@@ -322,7 +323,18 @@ def rl_workload(cfg: RLJobConfig, stage: str, policy: ArchSpec, reward_arch: Arc
             check_layout(m.arch, tp, pp)
         except ValueError as exc:
             raise ConfigError(f"{_FROZEN_KEYS[m.role]}: {exc}") from None
-    return RLWorkload(stage, rollout, tuple(frozen))
+    roles = {m.role for m in frozen}
+    rm = rl.reward_model
+    unused = [key for key, role, is_set in (
+        ("rl.reference_parallel", "reference", _is_set(rl.reference_parallel)),
+        ("rl.kl_sft.parallel", "original", _is_set(rl.kl_sft.parallel)),
+        ("rl.reward_model", "reward_model", bool(rm.name or rm.hf_config) or _is_set(rm.parallel)))
+        if is_set and role not in roles]
+    return RLWorkload(stage, rollout, tuple(frozen), tuple(unused))
+
+
+def _is_set(frozen_layout) -> bool:
+    return frozen_layout.tp is not None or frozen_layout.pp is not None
 
 
 _FROZEN_KEYS = {"reference": "rl.reference_parallel", "original": "rl.kl_sft.parallel",

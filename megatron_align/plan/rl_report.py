@@ -77,7 +77,7 @@ def build_rl_report(arch: ArchSpec, name: str, rl: RLWorkload, work: Workload, d
                   for m in ranks],
         "peak": {"pp_rank": peak.pp_rank, "total_gib": _gib(peak.total)},
         "fits": peak.total <= budget,
-        "notes": notes(rl, work, kv),
+        "notes": notes(rl, work, kv, layout),
     }
     if result is not None:
         rep["search"] = {
@@ -89,9 +89,15 @@ def build_rl_report(arch: ArchSpec, name: str, rl: RLWorkload, work: Workload, d
     return rep
 
 
-def notes(rl: RLWorkload, work: Workload, kv) -> List[str]:
+def notes(rl: RLWorkload, work: Workload, kv, layout: Layout) -> List[str]:
     """What the config asks that the numbers alone do not show."""
     ro, out = rl.rollout, []
+    why = {"rl.reference_parallel": "rl.kl.beta is 0", "rl.kl_sft.parallel": "rl.kl_sft.gamma is 0",
+           "rl.reward_model": "no reward has type: model"}
+    out += [f"{key} is set but {why[key]}: that model is not loaded and not counted" for key in rl.unused]
+    if (layout.vpp or 1) > 1 and not ro.generation_tp:
+        out.append(f"parallel.vpp={layout.vpp}: the generation engine takes one model chunk per rank; set "
+                   f"rl.rollout.tp to generate in a replica (counted above once set)")
     if work.seq_length < ro.sequence_tokens:
         out.append(f"data.seq_length={work.seq_length} is shorter than rl.rollout.max_prompt_length + max_new_tokens = "
                    f"{ro.sequence_tokens}: a long prompt with a full completion does not fit one training row")

@@ -268,5 +268,11 @@ def test_notes_name_what_does_not_fit_a_row_or_the_cache(tmp_path, capsys):
     assert "note: data.seq_length=32 is shorter than rl.rollout.max_prompt_length + max_new_tokens = 64" in text
     # fp32 KV at TP2 x PP2: 4 x 2 x 2 layers x 16 tokens x 1 group x 16 = 4096 B a block; 8 requests x 4 blocks + 1
     assert "raise kv_cache_gb to 0.00" in text and "SHORT" in text
+    assert main(["plan", "--config", path, "rl.kl.beta=0", "rl.reference_parallel.tp=1", "--max-gpus", "8"]) == 0
+    text = capsys.readouterr().out
+    assert "note: rl.reference_parallel is set but rl.kl.beta is 0: that model is not loaded and not counted" in text
+    assert "reference weights" not in text
+    assert main(["plan", "--config", path, "parallel.vpp=2", "--max-gpus", "8"]) == 0
+    assert "note: parallel.vpp=2: the generation engine takes one model chunk" in capsys.readouterr().out
     assert kv_cache(TINY, 2, 2, _rollout(max_requests=8, max_prompt_length=48, max_new_tokens=16), 4).needed == \
         (8 * 4 + 1) * 4096
