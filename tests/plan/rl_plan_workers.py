@@ -1,6 +1,6 @@
 """Spawned worker for tests/plan/test_rl_plan.py: what megatron really allocates for the RL terms of the
-planner on one rank of a tiny model: the dynamic engine's KV cache, a frozen reward model's weights (fp32 and
-bf16 params; the scalar head stays fp32), and a PPO critic's (head=value) DDP buffers and Adam states."""
+planner on one rank of a tiny model: the dynamic engine's KV cache, a frozen reward model's weights (bf16
+params; the scalar head stays fp32), and a PPO critic's (head=value) DDP buffers and Adam states."""
 
 from __future__ import annotations
 
@@ -35,10 +35,10 @@ def measure_rl(tp: int) -> Dict[str, object]:
                  "blocks": ctx.block_allocator.total_count, "block_bytes": ctx.block_size_bytes}
     del engine, built
 
-    for precision in ("fp32", "bf16"):  # a frozen reward model: what its parameters occupy
-        rm = build_model(ModelConfig(name=MODEL, precision=precision, head="reward"), par, seq_length=SEQ)
-        out[f"reward_{precision}"] = sum(p.numel() * p.element_size() for c in rm.chunks for p in c.parameters())
-        del rm
+    # a frozen reward model: what its parameters occupy (bf16 layers, the scalar head in fp32)
+    rm = build_model(ModelConfig(name=MODEL, precision="bf16", head="reward"), par, seq_length=SEQ)
+    out["reward_bf16"] = sum(p.numel() * p.element_size() for c in rm.chunks for p in c.parameters())
+    del rm
 
     critic = build_model(ModelConfig(name=MODEL, precision="bf16", head="value"), par, seq_length=SEQ)
     chunks = wrap_ddp(critic.chunks, use_distributed_optimizer=True)
