@@ -15,6 +15,36 @@ from megatron_align.config.optim import OptimizerConfig
 
 
 @dataclass
+class FrozenLayout:
+    """Where a frozen model's weights live: its own TP x PP over the same GPUs (DP = GPUs / (tp*pp))."""
+
+    tp: Optional[int] = help_field(None, help="Tensor-parallel size of this model (null: the policy's parallel.tp).")
+    pp: Optional[int] = help_field(None, help="Pipeline-parallel size of this model (null: the policy's parallel.pp).")
+
+    def check(self, key: str) -> None:
+        """Called by the section that holds it (``key``: its dotted name, for the message)."""
+        for name in ("tp", "pp"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ConfigError(f"{key}.{name}: must be >= 1 or null, got {value}")
+
+    def resolve(self, tp: int, pp: int) -> tuple:
+        """(tp, pp) with nulls taken from the policy's layout."""
+        return (self.tp or tp, self.pp or pp)
+
+
+@dataclass
+class RewardModelConfig:
+    name: Optional[str] = help_field(None, help="Architecture preset of the reward model behind `type: model` rewards "
+                                                "(null with hf_config null: the policy's architecture).")
+    hf_config: Optional[str] = help_field(None, help="Its Hugging Face config.json (overrides name).")
+    parallel: FrozenLayout = help_field(default_factory=FrozenLayout, help="Its layout (frozen: weights only).")
+
+    def validate(self) -> None:
+        self.parallel.check("rl.reward_model.parallel")
+
+
+@dataclass
 class RolloutConfig:
     engine: str = help_field("megatron", help="Generation engine (megatron-core's dynamic inference engine).",
                              choices=("megatron",))
@@ -106,6 +136,8 @@ class KLSFTConfig:
     top_k: int = help_field(500, help="k of the top-k KL to the original model on SFT tokens.")
     micro_batches: int = help_field(1, help="SFT micro-batches per optimizer step for the term.")
     load: Optional[str] = help_field(None, help="The original model's checkpoint (default: the policy's start).")
+    parallel: FrozenLayout = help_field(default_factory=FrozenLayout, help="The original model's layout (frozen: "
+                                                                          "weights only).")
 
     def validate(self) -> None:
         if self.gamma < 0:
@@ -114,6 +146,7 @@ class KLSFTConfig:
             raise ConfigError("rl.kl_sft.data: required when rl.kl_sft.gamma > 0")
         if self.top_k < 1 or self.micro_batches < 1:
             raise ConfigError("rl.kl_sft.top_k and rl.kl_sft.micro_batches: must be >= 1")
+        self.parallel.check("rl.kl_sft.parallel")
 
 
 @dataclass
@@ -172,6 +205,11 @@ class RLConfig:
         default_factory=dict, help="Prompt-mix weight per category (prompt field `category`); unlisted categories "
                                    "weigh 1; 0 drops a category.")
     reference_load: Optional[str] = help_field(None, help="Reference model checkpoint (default: the policy's start).")
+    reference_parallel: FrozenLayout = help_field(default_factory=FrozenLayout,
+                                                  help="The reference model's layout (frozen: weights only).")
+    reward_model: RewardModelConfig = help_field(default_factory=RewardModelConfig,
+                                                 help="The reward model of `type: model` rewards: architecture and "
+                                                      "layout (what `megatron-align plan` counts).")
 
     def validate(self) -> None:
         for key in ("prompts_per_step", "num_generations", "steps_per_rollout", "epochs_per_rollout"):
@@ -189,6 +227,7 @@ class RLConfig:
         for cat, w in self.category_weights.items():
             if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w) or w < 0:
                 raise ConfigError(f"rl.category_weights.{cat}: must be a finite number >= 0, got {w!r}")
+        self.reference_parallel.check("rl.reference_parallel")
         names = [r.name or r.type for r in self.rewards]
         dup = {n for n in names if names.count(n) > 1}
         if dup:
