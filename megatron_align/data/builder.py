@@ -13,7 +13,6 @@ The trainer's per-step data path::
 from __future__ import annotations
 
 import dataclasses
-import os
 from dataclasses import dataclass
 from typing import List, Optional, Sequence
 
@@ -25,6 +24,7 @@ from megatron_align.data.jsonl import JsonlChatDataset
 from megatron_align.data.packing import pack_lengths, token_utilization
 from megatron_align.data.samples import ChatDataset, DataStats
 from megatron_align.data.sampler import shard_for_rank
+from megatron_align.data.sources import is_data_source, strip_data_suffix
 from megatron_align.data.templates import DEFAULT_SYSTEM, ChatTemplate, build_template
 from megatron_align.data.tokenizer import ChatTokenizer, load_tokenizer
 
@@ -37,10 +37,23 @@ class DataBundle:
     eval: Optional[ChatDataset]
 
 
-def open_dataset(path: str, cfg: DataConfig, tokenizer: ChatTokenizer, template: ChatTemplate) -> ChatDataset:
-    """A JSONL file (``*.jsonl`` or any existing file) or an indexed prefix (``<path>.bin/.idx``)."""
+def indexed_prefix(path: str) -> Optional[str]:
+    """The indexed dataset (``<prefix>.bin/.idx/.meta.json``) a data path names, or None: the prefix itself, its
+    ``.bin``/``.idx`` file, or a data-file name whose data file does not exist but whose suffix-less prefix was
+    written by ``preprocess`` (``data.path=out/x.jsonl`` after ``preprocess --output-prefix out/x.jsonl``)."""
     prefix = path[:-4] if path.endswith((".bin", ".idx")) else path
-    if index_exists(prefix) and not path.endswith(".jsonl"):
+    if index_exists(prefix) and (strip_data_suffix(path) == path or not is_data_source(path)):
+        return prefix
+    if not is_data_source(path) and index_exists(strip_data_suffix(path)):
+        return strip_data_suffix(path)
+    return None
+
+
+def open_dataset(path: str, cfg: DataConfig, tokenizer: ChatTokenizer, template: ChatTemplate) -> ChatDataset:
+    """An indexed prefix (see :func:`indexed_prefix`), else any data path :mod:`megatron_align.data.sources` reads
+    (a file of any supported type, a directory or a glob of shards), tokenized in memory."""
+    prefix = indexed_prefix(path)
+    if prefix is not None:
         meta = read_meta(prefix)
         built_system = meta.get("system_prompt")
         if built_system == DEFAULT_SYSTEM:
@@ -54,9 +67,10 @@ def open_dataset(path: str, cfg: DataConfig, tokenizer: ChatTokenizer, template:
             raise DataError(prefix, None, f"built with tokenizer {meta['tokenizer']}, which differs from "
                                           f"{tokenizer.file}; re-run preprocess")
         return IndexedChatDataset(prefix, cfg.seq_length, cfg.overlong)
-    if os.path.isfile(path) or path.endswith(".jsonl"):
+    if is_data_source(path):
         return JsonlChatDataset(path, template, cfg.seq_length, cfg.overlong, cfg.on_bad_line)
-    raise DataError(path, None, "no such file, and no indexed dataset <path>.bin/.idx/.meta.json")
+    raise DataError(path, None, "no such file, directory or matching shards, and no indexed dataset "
+                                "<path>.bin/.idx/.meta.json")
 
 
 def build_data(cfg: DataConfig, family=None) -> DataBundle:
