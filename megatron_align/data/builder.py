@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import List, Optional, Sequence
 
 from megatron_align.data.batch import MicroBatch, make_micro_batches
-from megatron_align.data.config import DataConfig
+from megatron_align.data.config import DEFAULT_TOKENIZER, DataConfig
 from megatron_align.data.errors import DataError
 from megatron_align.data.indexed import IndexedChatDataset, file_sha256, index_exists, read_meta
 from megatron_align.data.jsonl import JsonlChatDataset
@@ -115,7 +115,7 @@ def tokenizer_and_template(cfg: DataConfig, family=None):
     from megatron_align.data.chat_jinja import TemplateError
 
     cfg.validate()
-    tok = load_tokenizer(cfg.tokenizer)
+    tok = load_tokenizer(cfg.tokenizer or DEFAULT_TOKENIZER)
     try:
         return tok, build_template(cfg.template, tok, cfg.system_prompt, family)
     except TemplateError:
