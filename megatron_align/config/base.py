@@ -54,7 +54,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     """Convert ``value`` (from YAML or an override string) to ``tp`` or raise naming ``key``."""
     optional, inner = _is_optional(tp)
     if value is None:
-        if optional:
+        if optional or tp is Any:
             return None
         raise ConfigError(f"{key}: null is not allowed (expected {_type_name(tp)})")
     tp = inner
