@@ -73,11 +73,26 @@ def open_dataset(path: str, cfg: DataConfig, tokenizer: ChatTokenizer, template:
                                 "<path>.bin/.idx/.meta.json")
 
 
+def open_data(value, cfg: DataConfig, tokenizer: ChatTokenizer, template: ChatTemplate,
+              train: bool = True) -> ChatDataset:
+    """``data.path`` (``train``) or ``data.eval_path``: one path opens as that dataset; a list of datasets as a
+    :class:`~megatron_align.data.mixture.BlendedDataset` (training: weighted draws seeded by ``data.seed``;
+    evaluation: every sample of each, reported per dataset name)."""
+    if isinstance(value, str):
+        return open_dataset(value, cfg, tokenizer, template)
+    from megatron_align.data.mixture import BlendedDataset
+
+    sources = cfg.sources() if train else cfg.eval_sources()
+    members = [open_dataset(s.path, cfg, tokenizer, template) for s in sources]
+    weights = [s.weight for s in sources] if train else None
+    return BlendedDataset(members, [s.name for s in sources], weights, seed=cfg.seed)
+
+
 def build_data(cfg: DataConfig, family=None) -> DataBundle:
     """Validate ``cfg``, load the tokenizer and template (see :func:`tokenizer_and_template`), open datasets."""
     tokenizer, template = tokenizer_and_template(cfg, family)
-    train = open_dataset(cfg.path, cfg, tokenizer, template)
-    evalds = open_dataset(cfg.eval_path, cfg, tokenizer, template) if cfg.eval_path else None
+    train = open_data(cfg.path, cfg, tokenizer, template)
+    evalds = open_data(cfg.eval_path, cfg, tokenizer, template, train=False) if cfg.eval_path else None
     return DataBundle(tokenizer, template, train, evalds)
 
 

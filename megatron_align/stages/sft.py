@@ -22,8 +22,15 @@ def eval_categories(dataset) -> List[str]:
 
 def data_summary(train) -> str:
     st = train.stats
-    return (f"{len(train)} samples (truncated {st.n_truncated}, dropped {st.n_dropped}, "
+    line = (f"{len(train)} samples (truncated {st.n_truncated}, dropped {st.n_dropped}, "
             f"skipped bad lines {st.n_skipped_bad})")
+    mixture = getattr(train, "summary", None)  # a mixture: each dataset's share of samples and trained tokens
+    return line + (f", mixture [{mixture()}]" if mixture else "")
+
+
+def eval_datasets(dataset) -> List[str]:
+    """The dataset names of an evaluation set made of several datasets (for the per-dataset eval loss)."""
+    return list(getattr(dataset, "names", []))
 
 
 class SFTStage(Stage):
@@ -34,7 +41,8 @@ class SFTStage(Stage):
 
         bundle = build_data(self.cfg.data, family=arch)
         cats = tuple(eval_categories(bundle.eval))
-        return StageData(bundle.tokenizer, bundle.train, bundle.eval, groups={"category": cats},
+        return StageData(bundle.tokenizer, bundle.train, bundle.eval,
+                         groups={"category": cats, "dataset": tuple(eval_datasets(bundle.eval))},
                          summary=data_summary(bundle.train))
 
     def train_objective(self, data: StageData):
@@ -45,7 +53,7 @@ class SFTStage(Stage):
     def eval_objective(self, data: StageData):
         from megatron_align.losses.sft import TokenCrossEntropy
 
-        return TokenCrossEntropy(self.cfg.model.loss_backend, data.groups["category"])
+        return TokenCrossEntropy(self.cfg.model.loss_backend, data.groups["category"], data.groups["dataset"])
 
 
 class SFTTrainer(Trainer):
