@@ -149,6 +149,17 @@ def parse_sources(value: Any, key: str, weighted: bool) -> List[DataSource]:
     return [DataSource(s.path, s.weight / total, s.name) for s in out]
 
 
+def single_path(value: Any, stage: str) -> str:
+    """The one path of ``data.path`` / ``data.eval_path`` for a stage that reads no mixture (a one-entry list
+    gives its path); a ConfigError for a list of several."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (list, tuple)) and len(value) == 1:
+        return parse_sources(value, "path", weighted=True)[0].path
+    raise ConfigError(f"data.path / data.eval_path: a mixture of several datasets is read by sft only; the {stage} "
+                      f"stage takes one data path (a file, a directory or a glob of shards)")
+
+
 def default_tokenizer(load: Optional[str]) -> str:
     """``data.tokenizer`` when it is null: the tokenizer saved with the ``train.load`` checkpoint, or the bundled
     tiny one when there is no ``train.load``. A ``train.load`` without a tokenizer is a ConfigError (the tiny

@@ -116,3 +116,11 @@ def test_mixture_config_errors_name_the_entry(files):
         load_config(SFTConfig, None, [f"data.eval_path=[{{path: {math_path}, weight: 1}}]"])
     cfg = load_config(SFTConfig, None, [f"data.path=[{math_path}, {{path: {chat_path}, weight: 3, name: talk}}]"])
     assert [(s.name, s.weight) for s in cfg.data.sources()] == [("math", 0.25), ("talk", 0.75)]
+
+
+def test_preference_stages_refuse_a_mixture_in_one_line(files):
+    from megatron_align.stages.rm import open_pairs
+
+    _, math_path, chat_path = files
+    with pytest.raises(ConfigError, match=r"a mixture of several datasets is read by sft only; the preference stage"):
+        open_pairs([math_path, chat_path], DataConfig(), None)
