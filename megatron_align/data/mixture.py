@@ -75,6 +75,7 @@ class BlendedDataset(ChatDataset):
             raise ValueError(f"{len(datasets)} datasets but {len(names)} names")
         self.datasets, self.names = list(datasets), list(names)
         self.weights = None if weights is None else [float(x) for x in weights]
+        self.seed = int(seed)
         for ds, name in zip(self.datasets, self.names):
             if len(ds) == 0:
                 raise DataError(name, None, "no samples left in this dataset of the mixture (all dropped or skipped)")
@@ -101,6 +102,12 @@ class BlendedDataset(ChatDataset):
             s = self[int(i)]
             out.append(Unit(s.sample_id, [s], s.category, self.names[int(self.dataset_index[int(i)])]))
         return out
+
+    def fingerprint(self) -> dict:
+        """What the index map depends on (names, weights, member sizes, seed), saved with a checkpoint so that a resume
+        with another mixture is refused instead of silently changing the data order."""
+        return {"names": self.names, "sizes": [len(ds) for ds in self.datasets], "size": len(self),
+                "weights": None if self.weights is None else [round(w, 12) for w in self.weights], "seed": self.seed}
 
     def draws(self) -> np.ndarray:
         """Mixture positions per member (int64 [n_datasets])."""

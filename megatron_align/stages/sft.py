@@ -40,10 +40,26 @@ class SFTStage(Stage):
         from megatron_align.data.builder import build_data
 
         bundle = build_data(self.cfg.data, family=arch)
+        self._mixture = bundle.train if hasattr(bundle.train, "fingerprint") else None
         cats = tuple(eval_categories(bundle.eval))
         return StageData(bundle.tokenizer, bundle.train, bundle.eval,
                          groups={"category": cats, "dataset": tuple(eval_datasets(bundle.eval))},
                          summary=data_summary(bundle.train))
+
+    def state_dict(self):
+        mixture = getattr(self, "_mixture", None)
+        return {"data_mixture": mixture.fingerprint()} if mixture is not None else {}
+
+    def load_state_dict(self, state) -> None:
+        saved = state.get("data_mixture")
+        mixture = getattr(self, "_mixture", None)
+        now = mixture.fingerprint() if mixture is not None else None
+        if saved != now:
+            from megatron_align.config.base import ConfigError
+
+            raise ConfigError(f"data.path: the checkpoint was trained on the mixture {saved}, this run has {now}; "
+                              f"resuming would change which samples each step draws (keep data.path and data.seed, "
+                              f"or start a new output_dir with train.load=<checkpoint> train.finetune=true)")
 
     def train_objective(self, data: StageData):
         from megatron_align.losses.sft import TokenCrossEntropy

@@ -124,3 +124,20 @@ def test_preference_stages_refuse_a_mixture_in_one_line(files):
     _, math_path, chat_path = files
     with pytest.raises(ConfigError, match=r"a mixture of several datasets is read by sft only; the preference stage"):
         open_pairs([math_path, chat_path], DataConfig(), None)
+
+
+def test_resume_with_another_mixture_is_refused():
+    from megatron_align.stages.sft import SFTStage
+
+    def stage(weights, seed=5):
+        s = SFTStage(None)
+        s._mixture = BlendedDataset([Toy(n, t) for t, n in enumerate(SIZES)], ["a", "b", "c"], weights, seed=seed)
+        return s
+
+    import json
+
+    saved = json.loads(json.dumps(stage(WEIGHTS).state_dict()))  # as trainer_state.json holds it
+    stage(WEIGHTS).load_state_dict(saved)
+    for other in (stage([0.4, 0.4, 0.2]), stage(WEIGHTS, seed=6)):
+        with pytest.raises(ConfigError, match="resuming would change which samples each step draws"):
+            other.load_state_dict(saved)
