@@ -24,6 +24,7 @@ import glob
 import io
 import json
 import os
+import zlib
 from typing import IO, Callable, Iterator, List, Tuple
 
 from megatron_align.data.errors import DataError
@@ -174,8 +175,11 @@ def iter_source(path: str) -> Records:
 
 def _iter_file(path: str) -> Records:
     suffix = _inner_suffix(os.path.basename(path))
-    with open(path, "rb") as raw:
-        head = raw.read(8)
+    try:
+        with open(path, "rb") as raw:
+            head = raw.read(8)
+    except OSError as exc:
+        raise DataError(path, None, f"cannot read ({exc.strerror or exc})") from None
     if suffix in PARQUET_SUFFIXES or head.startswith(PARQUET_MAGIC):
         return _iter_arrow_batches(path, _parquet_batches)
     if suffix in ARROW_SUFFIXES or head.startswith(ARROW_FILE_MAGIC):
@@ -202,13 +206,13 @@ def _open_binary(path: str, head: bytes) -> IO[bytes]:
 
 
 def _corrupt(path: str, exc: Exception) -> DataError:
-    return DataError(path, None, f"cannot decompress ({type(exc).__name__}: {exc})")
+    return DataError(path, None, f"cannot read: corrupt or truncated ({type(exc).__name__}: {exc})")
 
 
 def _iter_text(path: str, suffix: str, head: bytes) -> Records:
     with _open_binary(path, head) as f:
         try:
-            first = f.peek(64)[:64] if hasattr(f, "peek") else b""
+            first = f.peek(4096)[:4096]
             if first.startswith(UTF8_BOM):
                 f.read(len(UTF8_BOM))
                 first = first[len(UTF8_BOM):]
@@ -219,7 +223,7 @@ def _iter_text(path: str, suffix: str, head: bytes) -> Records:
                 yield from _iter_json_document(path, f)
             else:
                 yield from _iter_jsonl(path, f)
-        except (OSError, EOFError) as exc:  # gzip.BadGzipFile is an OSError; a truncated gzip is an EOFError
+        except (OSError, EOFError, zlib.error) as exc:  # gzip.BadGzipFile is an OSError, a cut gzip an EOFError
             raise _corrupt(path, exc) from None
         except DataError:
             raise

@@ -219,8 +219,13 @@ def test_missing_packages_are_named(tmp_path, monkeypatch):
 def test_corrupt_compressed_and_empty_files(tmp_path):
     data = gzip.compress(_jsonl_bytes(RECORDS))
     (tmp_path / "cut.jsonl.gz").write_bytes(data[: len(data) // 2])
-    with pytest.raises(DataError, match=r"cut.jsonl.gz: cannot decompress"):
+    with pytest.raises(DataError, match=r"cut.jsonl.gz: cannot read: corrupt or truncated"):
         _read(str(tmp_path / "cut.jsonl.gz"))
+    flipped = bytearray(data)
+    flipped[len(data) // 2] ^= 0xFF  # damage inside the deflate stream
+    (tmp_path / "bad.jsonl.gz").write_bytes(bytes(flipped))
+    with pytest.raises(DataError, match=r"bad.jsonl.gz"):  # corrupt data or CRC, or garbage bytes: one line
+        _read(str(tmp_path / "bad.jsonl.gz"))
     (tmp_path / "empty.json").write_text("[ ]")
     with pytest.raises(DataError, match=r"empty.json: file is empty"):
         _convs(str(tmp_path / "empty.json"))
