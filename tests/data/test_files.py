@@ -245,3 +245,20 @@ def test_location_is_the_int_callers_had():
     assert str(DataError("x.jsonl", 3, "bad")) == "x.jsonl:3: bad"
     assert [strip_data_suffix(p) for p in ("out/x.jsonl", "out/x.jsonl.gz", "out/x.parquet", "out/x", "x.bin")] \
         == ["out/x", "out/x", "out/x", "out/x", "x.bin"]
+
+
+@pytest.mark.parametrize("name", ["big.json", "big.jsonl.gz", "big.jsonl.zst"])
+def test_text_files_are_streamed_not_read_whole(tmp_path, monkeypatch, name):
+    """Python memory while reading a ~6 MB file stays near one buffer, far below the file's size."""
+    import tracemalloc
+
+    records = [conv(f"question {k} " + "x" * 200, f"answer {k} " + "y" * 300) for k in range(10_000)]
+    path = write(tmp_path, name, records)
+    monkeypatch.setattr(sources, "JSON_CHUNK", 1 << 16)
+    tracemalloc.start()
+    n = 0
+    for _, obj in iter_source(path):
+        n += 1
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert n == len(records) and peak < 1_500_000, peak  # the text is ~6 MB
