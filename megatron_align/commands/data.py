@@ -98,8 +98,8 @@ def run(args: argparse.Namespace) -> int:
     tok, template = tokenizer_and_template(cfg.data, model)
     data = cfg.data
     if args.stage == "sft":
-        from megatron_align.data.builder import open_dataset
-        dataset = open_dataset(data.path, data, tok, template)
+        from megatron_align.data.builder import open_data
+        dataset = open_data(data.path, data, tok, template)
     elif args.stage == "dpo" and cfg.dpo.loss_type == "kto":
         from megatron_align.stages.dpo import open_unpaired
         dataset = open_unpaired(data.path, data, template)

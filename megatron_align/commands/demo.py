@@ -22,13 +22,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import shutil
 
+    from megatron_align.data.config import DEFAULT_EVAL_PATH
     from megatron_align.runtime.distributed import _free_port
 
     if os.path.isdir(args.output_dir):
         shutil.rmtree(args.output_dir)
     cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={args.nproc}",
            f"--master-port={_free_port()}", "-m", "megatron_align", "sft", "--config", CONFIG,
-           f"output_dir={args.output_dir}", "output.progress_bar=false", *args.overrides]
+           f"output_dir={args.output_dir}", "output.progress_bar=false",
+           f"data.eval_path={DEFAULT_EVAL_PATH}",  # the config's eval set, found from any working directory
+           *args.overrides]
     print("$ " + " ".join(cmd[2:]), flush=True)
     env = dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1")
     rc = subprocess.call(cmd, env=env)

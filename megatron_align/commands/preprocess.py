@@ -4,13 +4,19 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import sys
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from megatron_align.data.config import DEFAULT_TOKENIZER, ON_BAD_LINE_CHOICES, OVERLONG_CHOICES, TEMPLATE_CHOICES
 
-    parser.add_argument("--input", required=True, help="chat JSONL file")
-    parser.add_argument("--output-prefix", required=True, help="writes <prefix>.bin, <prefix>.idx, <prefix>.meta.json")
+    parser.add_argument("--input", required=True,
+                        help="chat data: any path data.path reads (JSONL, .gz/.zst, JSON array, Parquet/Arrow, a "
+                             "save_to_disk directory, a directory or glob of shards)")
+    parser.add_argument("--output-prefix", required=True,
+                        help="writes <prefix>.bin, <prefix>.idx, <prefix>.meta.json (a data-file suffix such as "
+                             ".jsonl is dropped); train with data.path=<prefix>")
     parser.add_argument("--tokenizer", default=DEFAULT_TOKENIZER,
                         help="directory with tokenizer.json, or the file (default: bundled tiny tokenizer)")
     parser.add_argument("--template", choices=TEMPLATE_CHOICES, default=None,
@@ -38,7 +44,22 @@ def run(args: argparse.Namespace) -> int:
     if args.seq_length is not None and args.seq_length < 2:
         raise UserError(f"--seq-length must be >= 2, got {args.seq_length}")
     system_prompt = None if args.system_prompt.lower() in ("none", "null") else args.system_prompt
-    stats = preprocess(args.input, args.output_prefix, args.tokenizer, template, seq_length=args.seq_length,
+    prefix = output_prefix(args.output_prefix)
+    stats = preprocess(args.input, prefix, args.tokenizer, template, seq_length=args.seq_length,
                        overlong=args.overlong, on_bad_line=args.on_bad_line, system_prompt=system_prompt)
-    print(json.dumps({"output_prefix": args.output_prefix, "template": template, **stats.as_dict()}))
+    print(json.dumps({"output_prefix": prefix, "data_path": prefix, "template": template, **stats.as_dict()}))
+    print(f"wrote {prefix}.bin, {prefix}.idx, {prefix}.meta.json; train with data.path={prefix}", file=sys.stderr)
     return 0
+
+
+def output_prefix(given: str) -> str:
+    """``--output-prefix`` without a data-file suffix (``out/x.jsonl`` -> ``out/x``): the prefix names the
+    .bin/.idx/.meta.json trio, and ``data.path=out/x`` (or ``out/x.jsonl``) then finds it."""
+    from megatron_align.data.sources import strip_data_suffix
+    from megatron_align.errors import UserError
+
+    prefix = strip_data_suffix(given)
+    if not prefix or given.endswith(("/", os.sep)) or os.path.isdir(prefix):
+        raise UserError(f"--output-prefix {given!r}: expected a file prefix such as out/train (writes "
+                        f"out/train.bin, .idx, .meta.json), not a directory")
+    return prefix

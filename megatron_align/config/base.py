@@ -9,6 +9,7 @@ value came from a file, the file.
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import MISSING, fields, is_dataclass
@@ -53,7 +54,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     """Convert ``value`` (from YAML or an override string) to ``tp`` or raise naming ``key``."""
     optional, inner = _is_optional(tp)
     if value is None:
-        if optional:
+        if optional or tp is Any:
             return None
         raise ConfigError(f"{key}: null is not allowed (expected {_type_name(tp)})")
     tp = inner
@@ -207,15 +208,37 @@ def read_yaml(path: str) -> Dict[str, Any]:
 
 
 def load_config(cls: Type[T], path: Optional[str] = None, overrides: Iterable[str] = ()) -> T:
-    """YAML file (optional) + dotted overrides -> a validated ``cls``."""
+    """YAML file (optional) + dotted overrides -> a validated ``cls``.
+
+    An error is blamed on where the value came from: ``override data.seq_length=1: data.seq_length: ...`` when the
+    key it names was set on the command line, else ``<file>: ...``."""
+    overrides = list(overrides)
     data = read_yaml(path) if path else {}
     data = apply_overrides(data, overrides)
     try:
         return from_dict(cls, data)
     except ConfigError as e:
+        blamed = _blame_overrides(str(e), overrides)
+        if blamed:
+            raise ConfigError(f"{blamed}: {e}") from None
         if path:
             raise ConfigError(f"{path}: {e}") from None
         raise
+
+
+_KEY_IN_MESSAGE = re.compile(r"(?<![\w.])([A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*)")
+
+
+def _blame_overrides(message: str, overrides: List[str]) -> str:
+    """``override k=v`` for each command-line override whose key (or a key inside it, or the section above it) the
+    error message names; '' when it names none (the value came from the file or the defaults)."""
+    named = set(_KEY_IN_MESSAGE.findall(message))
+    hits = []
+    for item in overrides:
+        key = item.split("=", 1)[0].strip()
+        if any(n == key or n.startswith(key + ".") or key.startswith(n + ".") and "." in n for n in named):
+            hits.append(item)
+    return ", ".join(f"override {item}" for item in hits)
 
 
 def dump_yaml(obj: Any) -> str:

@@ -10,7 +10,7 @@ from megatron_align.config.optim import OptimizerConfig
 from megatron_align.config.output import OutputConfig
 from megatron_align.config.parallel import ParallelConfig
 from megatron_align.config.train import TrainingConfig
-from megatron_align.data.config import DataConfig
+from megatron_align.data.config import DataConfig, default_tokenizer
 
 
 @dataclass
@@ -24,6 +24,8 @@ class SFTConfig:
     output_dir: str = help_field("runs/sft", help="Where checkpoints, metrics.jsonl, TensorBoard events and plots go.")
 
     def validate(self) -> None:
+        if self.data.tokenizer is None:  # the checkpoint's own tokenizer, or the tiny one without train.load
+            self.data.tokenizer = default_tokenizer(self.train.load)
         if not self.output_dir:
             raise ConfigError("output_dir: must be a non-empty path")
         if self.model.seq_length is not None and self.model.seq_length < self.data.seq_length:

@@ -13,18 +13,18 @@ The trainer's per-step data path::
 from __future__ import annotations
 
 import dataclasses
-import os
 from dataclasses import dataclass
 from typing import List, Optional, Sequence
 
 from megatron_align.data.batch import MicroBatch, make_micro_batches
-from megatron_align.data.config import DataConfig
+from megatron_align.data.config import DEFAULT_TOKENIZER, DataConfig
 from megatron_align.data.errors import DataError
 from megatron_align.data.indexed import IndexedChatDataset, file_sha256, index_exists, read_meta
 from megatron_align.data.jsonl import JsonlChatDataset
 from megatron_align.data.packing import pack_lengths, token_utilization
 from megatron_align.data.samples import ChatDataset, DataStats
 from megatron_align.data.sampler import shard_for_rank
+from megatron_align.data.sources import is_data_source, strip_data_suffix
 from megatron_align.data.templates import DEFAULT_SYSTEM, ChatTemplate, build_template
 from megatron_align.data.tokenizer import ChatTokenizer, load_tokenizer
 
@@ -37,10 +37,23 @@ class DataBundle:
     eval: Optional[ChatDataset]
 
 
-def open_dataset(path: str, cfg: DataConfig, tokenizer: ChatTokenizer, template: ChatTemplate) -> ChatDataset:
-    """A JSONL file (``*.jsonl`` or any existing file) or an indexed prefix (``<path>.bin/.idx``)."""
+def indexed_prefix(path: str) -> Optional[str]:
+    """The indexed dataset (``<prefix>.bin/.idx/.meta.json``) a data path names, or None: the prefix itself, its
+    ``.bin``/``.idx`` file, or a data-file name whose data file does not exist but whose suffix-less prefix was
+    written by ``preprocess`` (``data.path=out/x.jsonl`` after ``preprocess --output-prefix out/x.jsonl``)."""
     prefix = path[:-4] if path.endswith((".bin", ".idx")) else path
-    if index_exists(prefix) and not path.endswith(".jsonl"):
+    if index_exists(prefix) and (strip_data_suffix(path) == path or not is_data_source(path)):
+        return prefix
+    if not is_data_source(path) and index_exists(strip_data_suffix(path)):
+        return strip_data_suffix(path)
+    return None
+
+
+def open_dataset(path: str, cfg: DataConfig, tokenizer: ChatTokenizer, template: ChatTemplate) -> ChatDataset:
+    """An indexed prefix (see :func:`indexed_prefix`), else any data path :mod:`megatron_align.data.sources` reads
+    (a file of any supported type, a directory or a glob of shards), tokenized in memory."""
+    prefix = indexed_prefix(path)
+    if prefix is not None:
         meta = read_meta(prefix)
         built_system = meta.get("system_prompt")
         if built_system == DEFAULT_SYSTEM:
@@ -54,16 +67,32 @@ def open_dataset(path: str, cfg: DataConfig, tokenizer: ChatTokenizer, template:
             raise DataError(prefix, None, f"built with tokenizer {meta['tokenizer']}, which differs from "
                                           f"{tokenizer.file}; re-run preprocess")
         return IndexedChatDataset(prefix, cfg.seq_length, cfg.overlong)
-    if os.path.isfile(path) or path.endswith(".jsonl"):
+    if is_data_source(path):
         return JsonlChatDataset(path, template, cfg.seq_length, cfg.overlong, cfg.on_bad_line)
-    raise DataError(path, None, "no such file, and no indexed dataset <path>.bin/.idx/.meta.json")
+    raise DataError(path, None, "no such file, directory or matching shards, and no indexed dataset "
+                                "<path>.bin/.idx/.meta.json")
+
+
+def open_data(value, cfg: DataConfig, tokenizer: ChatTokenizer, template: ChatTemplate,
+              train: bool = True) -> ChatDataset:
+    """``data.path`` (``train``) or ``data.eval_path``: one path opens as that dataset; a list of datasets as a
+    :class:`~megatron_align.data.mixture.BlendedDataset` (training: weighted draws seeded by ``data.seed``;
+    evaluation: every sample of each, reported per dataset name)."""
+    if isinstance(value, str):
+        return open_dataset(value, cfg, tokenizer, template)
+    from megatron_align.data.mixture import BlendedDataset
+
+    sources = cfg.sources() if train else cfg.eval_sources()
+    members = [open_dataset(s.path, cfg, tokenizer, template) for s in sources]
+    weights = [s.weight for s in sources] if train else None
+    return BlendedDataset(members, [s.name for s in sources], weights, seed=cfg.seed)
 
 
 def build_data(cfg: DataConfig, family=None) -> DataBundle:
     """Validate ``cfg``, load the tokenizer and template (see :func:`tokenizer_and_template`), open datasets."""
     tokenizer, template = tokenizer_and_template(cfg, family)
-    train = open_dataset(cfg.path, cfg, tokenizer, template)
-    evalds = open_dataset(cfg.eval_path, cfg, tokenizer, template) if cfg.eval_path else None
+    train = open_data(cfg.path, cfg, tokenizer, template)
+    evalds = open_data(cfg.eval_path, cfg, tokenizer, template, train=False) if cfg.eval_path else None
     return DataBundle(tokenizer, template, train, evalds)
 
 
@@ -101,7 +130,7 @@ def tokenizer_and_template(cfg: DataConfig, family=None):
     from megatron_align.data.chat_jinja import TemplateError
 
     cfg.validate()
-    tok = load_tokenizer(cfg.tokenizer)
+    tok = load_tokenizer(cfg.tokenizer or DEFAULT_TOKENIZER)
     try:
         return tok, build_template(cfg.template, tok, cfg.system_prompt, family)
     except TemplateError:

@@ -1,9 +1,8 @@
-"""Reading chat JSONL (with file:line errors or counted skips) and the in-memory tokenized dataset."""
+"""Reading chat records from any data path (with file:line errors or counted skips) and the in-memory tokenized
+dataset. The file types themselves are :mod:`megatron_align.data.sources`'s."""
 
 from __future__ import annotations
 
-import json
-import os
 from typing import Callable, Iterator, List, Optional, Tuple, TypeVar
 
 import numpy as np
@@ -13,52 +12,44 @@ from megatron_align.data.errors import DataError
 from megatron_align.data.samples import (ChatDataset, DataStats, Sample, has_target_after_first,
                                          overlong_action)
 from megatron_align.data.schema import Conversation, parse_record
+from megatron_align.data.sources import BadRecord, iter_source
 from megatron_align.data.templates import ChatTemplate
 
 T = TypeVar("T")
 
 
-
 def iter_records(path: str, parse: Callable[[object], T], on_bad_line: str = "error",
                  skipped: Optional[List[int]] = None) -> Iterator[Tuple[int, T]]:
-    """Yield (line number, parse(decoded JSON)) for each record of a JSONL file.
+    """Yield (location, parse(decoded JSON)) for each record behind ``path``: any file type of
+    :mod:`megatron_align.data.sources` (JSONL, compressed, JSON arrays, Parquet/Arrow, save_to_disk directories,
+    directories and globs of shards). The location is an int (line, or Parquet/Arrow row) that names its own file.
 
-    Blank lines carry no record and are passed over. A bad record (``parse`` raises ``ValueError(reason)``)
-    raises ``DataError(path:line: reason)`` or, with ``on_bad_line="skip"``, is skipped and its line number
-    appended to ``skipped``. A missing file, an empty file and a file with no valid record raise ``DataError``.
+    Blank lines carry no record and are passed over. A bad record (not JSON, or ``parse`` raises
+    ``ValueError(reason)``) raises ``DataError(file:line: reason)`` or, with ``on_bad_line="skip"``, is skipped and
+    its location appended to ``skipped``. A missing path, no records at all and no valid record raise ``DataError``.
     """
     if on_bad_line not in ON_BAD_LINE_CHOICES:
         raise ValueError(f"on_bad_line must be one of {ON_BAD_LINE_CHOICES}, got {on_bad_line!r}")
-    if not os.path.exists(path):
-        raise DataError(path, None, "no such file")
-    if os.path.isdir(path):
-        raise DataError(path, None, "is a directory, expected a JSONL file")
+    if not isinstance(path, str):
+        raise DataError(str(path), None, "a mixture (a list of datasets) is not read here: this command reads one "
+                                         "data path")
     skipped = [] if skipped is None else skipped
     n_good = n_records = 0
-    with open(path, "rb") as f:
-        for lineno, raw in enumerate(f, start=1):
-            if not raw.strip():
-                continue
-            n_records += 1
-            try:
-                try:
-                    text = raw.decode("utf-8")
-                except UnicodeDecodeError as exc:
-                    raise ValueError(f"not valid UTF-8 ({exc.reason} at byte {exc.start})") from None
-                try:
-                    obj = json.loads(text)
-                except json.JSONDecodeError as exc:
-                    raise ValueError(f"malformed JSON: {exc.msg} (column {exc.colno})") from None
-                record = parse(obj)
-            except ValueError as exc:
-                if on_bad_line == "error":
-                    raise DataError(path, lineno, str(exc)) from None
-                skipped.append(lineno)
-                continue
-            n_good += 1
-            yield lineno, record
+    for loc, obj in iter_source(path):
+        n_records += 1
+        try:
+            if isinstance(obj, BadRecord):
+                raise ValueError(obj.reason)
+            record = parse(obj)
+        except ValueError as exc:
+            if on_bad_line == "error":
+                raise DataError(path, loc, str(exc)) from None
+            skipped.append(loc)
+            continue
+        n_good += 1
+        yield loc, record
     if n_records == 0:
-        raise DataError(path, None, "file is empty (no JSONL records)")
+        raise DataError(path, None, "file is empty (no records)")
     if n_good == 0:
         raise DataError(path, None, f"no valid record: all {n_records} records were bad and skipped")
 

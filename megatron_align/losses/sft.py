@@ -1,6 +1,7 @@
 """SFT: token-level cross-entropy, the mean over every loss token of the global batch (unit TOKEN).
 
-Evaluation adds the loss per category (``loss/<category>``: the token mean over that category's samples).
+Evaluation adds the loss per category (``loss/<category>``: the token mean over that category's samples) and, for
+an evaluation set of several named datasets, per dataset (``loss/dataset=<name>``).
 """
 
 from __future__ import annotations
@@ -16,10 +17,13 @@ from megatron_align.engine.objective import MetricSpec, Objective, ObjectiveOutp
 class TokenCrossEntropy(Objective):
     unit = Unit.TOKEN
 
-    def __init__(self, loss_backend: str, categories: Sequence[str] = ()) -> None:
+    def __init__(self, loss_backend: str, categories: Sequence[str] = (), datasets: Sequence[str] = ()) -> None:
         self.loss_backend = loss_backend
         self.categories = tuple(categories)
-        self.metric_specs = {"loss/": MetricSpec("mean", self.categories)} if self.categories else {}
+        # metric name -> (unit group name, its labels)
+        self.groups = {name: (group, tuple(labels)) for name, group, labels in
+                       (("loss/", "category", categories), ("loss/dataset=", "dataset", datasets)) if labels}
+        self.metric_specs = {name: MetricSpec("mean", labels) for name, (_, labels) in self.groups.items()}
 
     def __call__(self, inputs: ModelInputs, output: torch.Tensor) -> ObjectiveOutput:
         from megatron_align.engine.loss import per_token_loss
@@ -27,18 +31,20 @@ class TokenCrossEntropy(Objective):
         per_token, mask = per_token_loss(inputs, self.loss_backend, output)
         loss_sum = (per_token * mask).sum()
         metrics = {}
-        if self.categories:
-            metrics["loss/"] = self._per_category(inputs, per_token.detach(), mask)
+        for name, (group, labels) in self.groups.items():
+            metrics[name] = self._per_group(inputs, per_token.detach(), mask, group, len(labels))
         return ObjectiveOutput(loss_sum, mask.sum(), metrics)
 
-    def _per_category(self, inputs: ModelInputs, per_token: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """[G, 2] (loss sum, loss tokens) per category, from each token's document -> unit -> category."""
+    @staticmethod
+    def _per_group(inputs: ModelInputs, per_token: torch.Tensor, mask: torch.Tensor, group: str, g: int
+                   ) -> torch.Tensor:
+        """[G, 2] (loss sum, loss tokens) per group (category, dataset), from each token's document -> unit ->
+        group."""
         docs = inputs.docs
-        g = len(self.categories)
         out = torch.zeros(g, 2, dtype=torch.float64, device=per_token.device)
         if docs is None or docs.num_units == 0:
             return out
-        unit_cat = docs.unit_groups["category"]  # [n_units]
+        unit_cat = docs.unit_groups[group]  # [n_units]
         doc_cat = torch.cat([unit_cat[docs.unit], unit_cat.new_full((1,), -1)])  # index -1 -> no category
         doc_of_token = inputs.doc_ids.reshape(-1).clone()
         doc_of_token[doc_of_token < 0] = docs.unit.numel()

@@ -179,8 +179,10 @@ class DPOStage(Stage):
 
 
 def open_unpaired(path: str, cfg, template, vocab_size=None):
+    from megatron_align.data.config import single_path
     from megatron_align.data.preference import UnpairedDataset
 
+    path = single_path(path, "KTO")
     return UnpairedDataset(path, template, cfg.seq_length, cfg.overlong, cfg.on_bad_line, vocab_size)
 
 

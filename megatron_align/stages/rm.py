@@ -14,8 +14,10 @@ from megatron_align.engine.trainer import Stage, StageData, Trainer, run_trainer
 
 
 def open_pairs(path: str, cfg, template, vocab_size=None):
+    from megatron_align.data.config import single_path
     from megatron_align.data.preference import PreferenceDataset
 
+    path = single_path(path, "preference")
     return PreferenceDataset(path, template, cfg.seq_length, cfg.overlong, cfg.on_bad_line, vocab_size)
 
 

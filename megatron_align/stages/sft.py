@@ -22,8 +22,15 @@ def eval_categories(dataset) -> List[str]:
 
 def data_summary(train) -> str:
     st = train.stats
-    return (f"{len(train)} samples (truncated {st.n_truncated}, dropped {st.n_dropped}, "
+    line = (f"{len(train)} samples (truncated {st.n_truncated}, dropped {st.n_dropped}, "
             f"skipped bad lines {st.n_skipped_bad})")
+    mixture = getattr(train, "summary", None)  # a mixture: each dataset's share of samples and trained tokens
+    return line + (f", mixture [{mixture()}]" if mixture else "")
+
+
+def eval_datasets(dataset) -> List[str]:
+    """The dataset names of an evaluation set made of several datasets (for the per-dataset eval loss)."""
+    return list(getattr(dataset, "names", []))
 
 
 class SFTStage(Stage):
@@ -33,9 +40,26 @@ class SFTStage(Stage):
         from megatron_align.data.builder import build_data
 
         bundle = build_data(self.cfg.data, family=arch)
+        self._mixture = bundle.train if hasattr(bundle.train, "fingerprint") else None
         cats = tuple(eval_categories(bundle.eval))
-        return StageData(bundle.tokenizer, bundle.train, bundle.eval, groups={"category": cats},
+        return StageData(bundle.tokenizer, bundle.train, bundle.eval,
+                         groups={"category": cats, "dataset": tuple(eval_datasets(bundle.eval))},
                          summary=data_summary(bundle.train))
+
+    def state_dict(self):
+        mixture = getattr(self, "_mixture", None)
+        return {"data_mixture": mixture.fingerprint()} if mixture is not None else {}
+
+    def load_state_dict(self, state) -> None:
+        saved = state.get("data_mixture")
+        mixture = getattr(self, "_mixture", None)
+        now = mixture.fingerprint() if mixture is not None else None
+        if saved != now:
+            from megatron_align.config.base import ConfigError
+
+            raise ConfigError(f"data.path: the checkpoint was trained on the mixture {saved}, this run has {now}; "
+                              f"resuming would change which samples each step draws (keep data.path and data.seed, "
+                              f"or start a new output_dir with train.load=<checkpoint> train.finetune=true)")
 
     def train_objective(self, data: StageData):
         from megatron_align.losses.sft import TokenCrossEntropy
@@ -45,7 +69,7 @@ class SFTStage(Stage):
     def eval_objective(self, data: StageData):
         from megatron_align.losses.sft import TokenCrossEntropy
 
-        return TokenCrossEntropy(self.cfg.model.loss_backend, data.groups["category"])
+        return TokenCrossEntropy(self.cfg.model.loss_backend, data.groups["category"], data.groups["dataset"])
 
 
 class SFTTrainer(Trainer):

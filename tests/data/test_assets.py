@@ -35,7 +35,9 @@ def test_bundled_chat_data_shape(tok):
 
 
 def test_default_config_end_to_end_step(tok):
-    cfg = DataConfig(seq_length=256)
+    from megatron_align.data.config import DEFAULT_EVAL_PATH
+
+    cfg = DataConfig(seq_length=256, eval_path=DEFAULT_EVAL_PATH)  # eval is never implied
     data = build_data(cfg, family="qwen2")
     assert data.template.name == "chatml" and len(data.train) == 2000 and len(data.eval) == 200
     lengths = data.train.lengths

@@ -28,10 +28,10 @@ def test_loads_through_the_config_system():
 
 
 @pytest.mark.parametrize("key,value", [
-    ("path", ""), ("eval_path", ""), ("tokenizer", None), ("template", "vicuna"), ("system_prompt", 3),
+    ("path", ""), ("eval_path", ""), ("tokenizer", ""), ("path", []), ("path", [{"path": "a", "weight": 0}]), ("template", "vicuna"), ("system_prompt", 3),
     ("packing", "yes"), ("shuffle", 1), ("seq_length", 1), ("seq_length", True), ("overlong", "cut"),
     ("on_bad_line", "ignore"), ("seed", -1), ("balance_dp_by_tokens", None),
 ])
 def test_validate_names_the_key(key, value):
-    with pytest.raises(ValueError, match=rf"^data\.{key}: "):
+    with pytest.raises(ValueError, match=rf"^data\.{key}(\[\d+\]\.\w+)?: "):
         DataConfig(**{key: value}).validate()
