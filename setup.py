@@ -125,7 +125,11 @@ setup(
             "pytest>=7.4", "pytest-timeout>=2.2",
             # the field's own definitions, compared against in tests (exact pins: tests call their internals)
             "trl==1.16.0", "mergekit==0.1.5", "sentencepiece>=0.2",
+            # every data file type (data/sources.py) is tested
+            "pyarrow>=14", "zstandard>=0.22", "datasets>=2.14",
         ],
+        # Parquet / Arrow / save_to_disk and .zst data files
+        "data": ["pyarrow>=14", "zstandard>=0.22"],
         "te": ["transformer-engine[pytorch]"],
         "nemo": ["nemo-toolkit"],
     },
