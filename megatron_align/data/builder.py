@@ -55,7 +55,7 @@ def open_dataset(path: str, cfg: DataConfig, tokenizer: ChatTokenizer, template:
                                           f"{tokenizer.file}; re-run preprocess")
         return IndexedChatDataset(prefix, cfg.seq_length, cfg.overlong)
     if os.path.isfile(path) or path.endswith(".jsonl"):
-        return JsonlChatDataset(path, template, cfg.seq_length, cfg.overlong, cfg.on_bad_line)
+        return JsonlChatDataset(path, template, cfg.seq_length, cfg.overlong, cfg.on_bad_line, cfg.format)
     raise DataError(path, None, "no such file, and no indexed dataset <path>.bin/.idx/.meta.json")
 
 

@@ -20,6 +20,9 @@ DEFAULT_EVAL_PATH = os.path.join(TINY_ASSETS_DIR, "chat_eval.jsonl")
 OVERLONG_CHOICES = ("truncate", "drop")
 ON_BAD_LINE_CHOICES = ("error", "skip")
 TEMPLATE_CHOICES = ("auto", "llama3", "llama3.1", "chatml", "baichuan")  # = templates.TEMPLATE_NAMES
+#: = formats.format_names() (checked by tests/data/test_formats.py)
+FORMAT_CHOICES = ("auto", "messages", "sharegpt", "alpaca", "prompt_completion", "query_response", "text",
+                  "preference", "unpaired", "tokens")
 
 
 @dataclass
@@ -30,6 +33,11 @@ class DataConfig:
              "written by `megatron-align preprocess` (<prefix>.bin/.idx/.meta.json)")
     eval_path: Optional[str] = help_field(
         DEFAULT_EVAL_PATH, help="evaluation data, same formats as `path`; null for none")
+    format: str = help_field(
+        "auto", choices=FORMAT_CHOICES,
+        help="record format of the data files: 'auto' detects it per file from the first valid record (messages, "
+             "sharegpt, alpaca, prompt_completion, query_response, text; preference / unpaired for the "
+             "preference stages), or name one to require it")
     tokenizer: str = help_field(
         DEFAULT_TOKENIZER,
         help="tokenizer: a directory holding tokenizer.json, or the tokenizer.json file itself "
@@ -69,6 +77,8 @@ class DataConfig:
             raise bad("path", f"must be a non-empty path, got {self.path!r}")
         if self.eval_path is not None and (not isinstance(self.eval_path, str) or not self.eval_path):
             raise bad("eval_path", f"must be a non-empty path or null, got {self.eval_path!r}")
+        if self.format not in FORMAT_CHOICES:
+            raise bad("format", f"unknown record format {self.format!r} (expected one of {', '.join(FORMAT_CHOICES)})")
         if not isinstance(self.tokenizer, str) or not self.tokenizer:
             raise bad("tokenizer", f"must be a non-empty path, got {self.tokenizer!r}")
         if self.template is not None and self.template not in TEMPLATE_CHOICES:
