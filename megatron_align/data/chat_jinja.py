@@ -107,6 +107,8 @@ class JinjaTemplate(ChatTemplate):
         self._ctrl = re.compile(ctrl)
         self._scan = re.compile(f"{MARK_OPEN}({ctrl}){MARK_CLOSE}|({ctrl})|([\ue000-\ue003])")
         self._context = tokenizer.special_tokens_map()
+        # a raw-text document: the tokenizer's own BOS / EOS (when it names them)
+        self.document_tokens = (self._context.get("bos_token"), self._context.get("eos_token"))
 
     def describe(self) -> str:
         return f"{self.source} (the checkpoint's chat_template, sha256 {self.sha256[:12]})"
@@ -135,11 +137,11 @@ class JinjaTemplate(ChatTemplate):
         return end
 
     def _assistant_spans(self, messages: List[Message], full: str, tools=None,
-                         trained: bool = True) -> List[Tuple[int, int]]:
-        """Spans of the assistant turns that are (``trained``) or are not trained."""
+                         trained: Optional[bool] = None) -> List[Tuple[int, int, bool]]:
+        """(start, end, trained) of the assistant turns (only the trained / untrained ones when ``trained``)."""
         spans = []
         for k, m in enumerate(messages):
-            if m.role != "assistant" or m.trained != trained:
+            if m.role != "assistant" or trained is not None and m.trained != trained:
                 continue
             role = m.role
             head = self._render(messages[:k], True, tools)
@@ -151,7 +153,7 @@ class JinjaTemplate(ChatTemplate):
                     f"conversation (the template rewrites earlier turns); mark the assistant text with "
                     f"{{% generation %}} in the template, or set data.template to a built-in template "
                     f"({', '.join(TEMPLATES)})")
-            spans.append((len(head), self._turn_end(turn, len(head))))
+            spans.append((len(head), self._turn_end(turn, len(head)), m.trained))
         return spans
 
     def _check_tools_rendered(self, messages: List[Message], tools, full: str) -> None:
@@ -168,12 +170,16 @@ class JinjaTemplate(ChatTemplate):
         self._check_tools_rendered(msgs, tools, full)
         loss = [False] * len(full)
         off = [False] * len(full)  # assistant turns flagged off, inside {% generation %} blocks
-        if not self.has_generation_blocks:
-            for a, b in self._assistant_spans(msgs, full, tools):
-                loss[a:b] = [True] * (b - a)
-        else:
-            for a, b in self._assistant_spans(msgs, full, tools, trained=False):
+        cut = set()  # where an assistant turn's text starts: tokenized apart, trained or not (encode_pieces)
+        spans = self._assistant_spans(msgs, full, tools, None if not self.has_generation_blocks else False)
+        for a, b, trained in spans:
+            if self.has_generation_blocks:
                 off[a:b] = [True] * (b - a)
+            elif trained:
+                loss[a:b] = [True] * (b - a)
+            while a < len(full) and full[a] in (GEN_OPEN, GEN_CLOSE):
+                a += 1
+            cut.add(a)
         pieces: List[Piece] = []
         state = {"gen": False}
 
@@ -185,12 +191,12 @@ class JinjaTemplate(ChatTemplate):
                 return
             flag = on(a)
             if value is not None:  # a control token's text typed in content: plain text
-                pieces.append(Piece(value, flag))
+                pieces.append(Piece(value, flag, boundary=a in cut))
                 return
             k = a
             for i in range(a + 1, b + 1):
-                if i == b or on(i) != flag:
-                    pieces.append(Piece(full[k:i], flag))
+                if i == b or on(i) != flag or i in cut:
+                    pieces.append(Piece(full[k:i], flag, boundary=k in cut))
                     if i < b:
                         k, flag = i, on(i)
 

@@ -44,18 +44,22 @@ class Encoded:
 
 @dataclass
 class Piece:
-    """A span of a rendered conversation: ``control`` pieces are one special token each."""
+    """A span of a rendered conversation: ``control`` pieces are one special token each. ``boundary``: the text
+    of an assistant turn, tokenized apart from what precedes it whether or not it is trained (so a per-turn loss
+    flag changes the loss mask only, never the token ids)."""
 
     text: str
     loss: bool = False
     control: bool = False
+    boundary: bool = False
 
 
 def encode_pieces(tok: ChatTokenizer, pieces: Sequence[Piece], template: str = "") -> Encoded:
     """Control pieces -> their single ids; each run of text between them with one loss flag -> one ``encode`` call.
 
-    A run ends where the loss flag changes, i.e. the assistant content is tokenized apart from its header (as
-    TRL tokenizes a completion apart from its prompt): the rendering of a prompt with the generation prompt is then
+    A run ends where the loss flag changes or an assistant turn's text starts (``Piece.boundary``), i.e. the
+    assistant content is tokenized apart from its header, trained or not (as TRL tokenizes a completion apart from
+    its prompt): the rendering of a prompt with the generation prompt is then
     a token prefix of the prompt + response, and no token straddles a trained and an untrained span. This equals
     tokenizing the whole rendered string (``apply_chat_template``) except where the tokenizer would merge text
     across that boundary (with the Llama-3 / Qwen2 pre-tokenizers: content that begins with a newline, after the
@@ -78,7 +82,7 @@ def encode_pieces(tok: ChatTokenizer, pieces: Sequence[Piece], template: str = "
             ids.append(tok.special_id(p.text, template))
             mask.append(int(p.loss))
         elif p.text:
-            if run and p.loss != run_loss:
+            if run and (p.loss != run_loss or p.boundary):
                 flush()
             run.append(p.text)
             run_loss = p.loss
@@ -218,7 +222,8 @@ class Llama3Template(TurnTemplate):
 
     def turn(self, m, last):
         loss = m.trained
-        return self._header(m.role) + [Piece(self._body(m), loss), _control("<|eot_id|>", loss)]
+        return self._header(m.role) + [Piece(self._body(m), loss, boundary=m.role == "assistant"),
+                                       _control("<|eot_id|>", loss)]
 
     def generation_prompt(self):
         return self._header("assistant")
@@ -332,8 +337,8 @@ class ChatMLTemplate(TurnTemplate):
             calls = ['<tool_call>\n{"name": "' + c.name + '", "arguments": ' + tojson(c.arguments) + '}\n</tool_call>'
                      for c in m.tool_calls]
             body = "\n".join(([m.content] if m.content else []) + calls)
-        return [_control("<|im_start|>"), Piece(m.role + "\n"), Piece(body, loss), _control("<|im_end|>", loss),
-                Piece("\n")]
+        return [_control("<|im_start|>"), Piece(m.role + "\n"), Piece(body, loss, boundary=m.role == "assistant"),
+                _control("<|im_end|>", loss), Piece("\n")]
 
     def generation_prompt(self):
         return [_control("<|im_start|>"), Piece("assistant\n")]
@@ -356,7 +361,7 @@ class BaichuanTemplate(TurnTemplate):
             return [_control("<reserved_106>"), Piece(m.content)]
         loss = m.trained
         end = [_control("</s>", loss)] if last else []
-        return [_control("<reserved_107>"), Piece(m.content, loss)] + end
+        return [_control("<reserved_107>"), Piece(m.content, loss, boundary=True)] + end
 
     def generation_prompt(self):
         return [_control("<reserved_107>")]

@@ -96,10 +96,10 @@ class RecordReader:
         for f in self.accepted:
             if f.matches(obj):
                 return f
-        near = [f for f in self.accepted if f.partial(obj)]
-        if len(near) == 1:  # one format has some of its keys: its parser names what is missing
-            return near[0]
         other = next((f for f in FORMATS.values() if f not in self.accepted and f.matches(obj)), None)
+        near = [f for f in self.accepted if f.partial(obj)]
+        if other is None and len(near) == 1:  # one format has some of its keys: its parser names what is missing
+            return near[0]
         hint = f" (this looks like a {other.kind} record, {other.describe()})" if other is not None else ""
         raise RecordError(f"unknown record format: keys [{_keys(obj)}]; accepted: {self._accepted()}{hint}")
 
