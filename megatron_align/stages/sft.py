@@ -23,7 +23,7 @@ def eval_categories(dataset) -> List[str]:
 def data_summary(train) -> str:
     st = train.stats
     return (f"{len(train)} samples (truncated {st.n_truncated}, dropped {st.n_dropped}, "
-            f"skipped bad lines {st.n_skipped_bad})")
+            f"skipped bad lines {st.n_skipped_bad}, nothing to train {st.n_nothing_to_train})")
 
 
 class SFTStage(Stage):
