@@ -269,3 +269,24 @@ def test_preprocess_reads_every_format(tmp_path, tok):
     _, ref = dataset(tmp_path, [MESSAGES], tok=tok)
     assert np.array_equal(idx[0].input_ids, ref[0].input_ids)
     assert np.array_equal(idx[0].target_mask, ref[0].target_mask)
+
+
+def test_flags_with_a_checkpoints_jinja_template(tmp_path):
+    """`auto`: the growing-prefix mask and {% generation %} blocks both leave flagged-off turns untrained, and the
+    ids do not change with the flags."""
+    from official_templates import QWEN2
+    from test_templates_official import GEN_TEMPLATE
+    from tiny_real_tokenizers import make_bpe_dir
+
+    from megatron_align.data.schema import parse_messages
+    from megatron_align.data.tokenizer import ChatTokenizer
+
+    off = json.loads(json.dumps(FLAGGED))
+    off["messages"][1]["weight"] = 0
+    for jinja in (QWEN2, GEN_TEMPLATE):
+        tok = ChatTokenizer(make_bpe_dir(str(tmp_path / str(len(jinja))), "qwen2", jinja))
+        t = build_template("auto", tok)
+        a, b = (t.encode(parse_messages(r["messages"], "messages")) for r in (FLAGGED, off))
+        assert a.ids == b.ids
+        assert trained_text(t, a.ids, a.target_mask) == "Wrong answer.<|im_end|>Right answer.<|im_end|>"
+        assert trained_text(t, b.ids, b.target_mask) == "Right answer.<|im_end|>"

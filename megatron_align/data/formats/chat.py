@@ -136,27 +136,28 @@ def _pair(obj: dict, prompt_key: str, answer_key: str) -> Conversation:
     return conversation(_history(obj) + list(head) + list(tail), obj, answer_key)
 
 
+class ExchangeFormat(RecordFormat):
+    """A prompt key and an answer key: strings (a user and an assistant turn, rendered with the chat template; the
+    answer is what is trained) or message lists (TRL's conversational form); optional ``system``, ``history``."""
+
+    def parse(self, obj):
+        return _pair(obj, *self.keys)
+
+
 @register
-class PromptCompletionFormat(RecordFormat):
-    """TRL's prompt-completion form: strings (a user and an assistant turn) or message lists
-    (conversational). Both are rendered with the chat template; the completion is what is trained."""
+class PromptCompletionFormat(ExchangeFormat):
+    """TRL's prompt-completion form."""
 
     name, keys = "prompt_completion", ("prompt", "completion")
     example = '{"prompt": "2+3?", "completion": "5"}'
 
-    def parse(self, obj):
-        return _pair(obj, "prompt", "completion")
-
 
 @register
-class QueryResponseFormat(RecordFormat):
-    """ms-swift's ``query`` / ``response`` (+ optional ``system``, ``history``)."""
+class QueryResponseFormat(ExchangeFormat):
+    """ms-swift's query-response form."""
 
     name, keys = "query_response", ("query", "response")
     example = '{"query": "2+3?", "response": "5", "history": [["hi", "hello"]]}'
-
-    def parse(self, obj):
-        return _pair(obj, "query", "response")
 
 
 @register
