@@ -290,3 +290,51 @@ def test_flags_with_a_checkpoints_jinja_template(tmp_path):
         assert a.ids == b.ids
         assert trained_text(t, a.ids, a.target_mask) == "Wrong answer.<|im_end|>Right answer.<|im_end|>"
         assert trained_text(t, b.ids, b.target_mask) == "Right answer.<|im_end|>"
+
+
+def test_data_command_reads_formats_and_reports_counts(tmp_path, capsys):
+    """The `sft` data path through the CLI (`megatron-align data preview`): a named format, the trained spans of a
+    tool conversation, the nothing-to-train count, and a family without tools refusing the record (exit 2)."""
+    from megatron_align.cli import main
+
+    sg = {"tools": TOOL_RECORD["tools"], "conversations": [
+        {"from": "human", "value": "Weather in Paris?"},
+        {"from": "function_call", "value": json.dumps({"name": "get_weather", "arguments": {"city": "Paris"}})},
+        {"from": "observation", "value": "18 C"}, {"from": "gpt", "value": "18 C in Paris."}]}
+    off = {"conversations": [{"from": "human", "value": "x"}, {"from": "gpt", "value": "y", "loss": False}]}
+    data = write_jsonl(tmp_path / "sg.jsonl", [sg, off])
+    base = ["data", "preview", f"data.path={data}", "model.name=tiny-llama"]
+    assert main(base + ["data.template=chatml", "data.format=sharegpt"]) == 0
+    out = capsys.readouterr().out
+    assert ('<|im_start|>assistant\n[[<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n'
+            '</tool_call><|im_end|>]]\n<|im_start|>user\n<tool_response>\n18 C\n</tool_response><|im_end|>') in out
+    assert "summary: 1 units," in out and "nothing to train 1" in out
+    assert main(base + ["data.format=alpaca"]) == 2
+    assert f"{data}:1: missing 'instruction', 'output': this file's records are alpaca" in capsys.readouterr().err
+    assert main(base) == 2  # llama3: no tool format
+    assert f"{data}:1: tools: chat template 'llama3' (Llama-3) has no tool-call format" in capsys.readouterr().err
+
+
+def test_preference_records_share_the_message_reader(tmp_path, tok):
+    from megatron_align.data.preference import PreferenceDataset
+
+    tmpl = build_template("chatml", tok)
+    plain = {"prompt": "Add 2 3", "chosen": "5", "rejected": "6"}
+    parts = {"prompt": [{"role": "developer", "content": "Be brief."},
+                        {"role": "user", "content": [{"type": "text", "text": "Add 2 3"}]}],
+             "chosen": [{"role": "assistant", "content": [{"type": "text", "text": "5"}]}],
+             "rejected": [{"role": "assistant", "content": "6"}]}
+    empty = {"prompt": "Add 2 3", "chosen": "5", "rejected": " "}
+    ds = PreferenceDataset(write_jsonl(tmp_path / "p.jsonl", [plain, parts, empty]), tmpl)
+    assert len(ds) == 2 and ds.stats.n_nothing_to_train == 1  # an empty response is never a training target
+    chosen = ds[1].docs[0]
+    assert trained_text(tmpl, chosen.input_ids, chosen.target_mask) == "5<|im_end|>"
+    assert tok.decode(chosen.input_ids).startswith("<|im_start|>system\nBe brief.<|im_end|>")
+    bad = write_jsonl(tmp_path / "b.jsonl", [plain, {"prompt": [{"role": "bot", "content": "x"}], "chosen": "5",
+                                                      "rejected": "6"}])
+    with pytest.raises(DataError, match=r"b.jsonl:2: prompt\[0\]: unknown role 'bot'"):
+        PreferenceDataset(bad, tmpl)
+    sft_file = write_jsonl(tmp_path / "s.jsonl", [MESSAGES])
+    with pytest.raises(DataError, match=r"s.jsonl:1: unknown record format: keys \[messages, category\]; accepted: "
+                                        r"preference \(chosen, rejected\) \(this looks like a chat record, messages"):
+        PreferenceDataset(sft_file, tmpl)
