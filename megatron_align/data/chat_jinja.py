@@ -5,9 +5,10 @@ Rendering follows ``apply_chat_template``: a sandboxed Jinja environment with ``
 ``raise_exception`` and ``strftime_now``, and the ``{% generation %}`` block; the context holds ``messages``,
 ``add_generation_prompt``, ``tools`` (the record's function schemas, or None), ``documents`` (None) and the
 tokenizer's special-token strings (``bos_token``, ``eos_token``, ...). Messages are passed in Hugging Face form
-(``tool_calls`` with decoded ``arguments``, ``name``, ``tool_call_id``); a template that renders neither a tool's
-name nor a tool call's name ignores them, which is an error (never a silent drop). Control-token text inside message content is marked before rendering
-and encoded as plain text afterwards, so a user cannot forge a control token.
+(``tool_calls`` with decoded ``arguments``, ``name``, ``tool_call_id``); a template whose output does not hold a
+tool's or a tool call's name ignores them, which is an error (never a silent drop). Control-token text inside
+message content is marked before rendering and encoded as plain text afterwards, so a user cannot forge a control
+token.
 
 Loss mask: the characters inside ``{% generation %}`` blocks when the template has them; otherwise, for each
 assistant message k, the text between ``render(messages[:k], add_generation_prompt=True)`` and
@@ -143,13 +144,12 @@ class JinjaTemplate(ChatTemplate):
         for k, m in enumerate(messages):
             if m.role != "assistant" or trained is not None and m.trained != trained:
                 continue
-            role = m.role
             head = self._render(messages[:k], True, tools)
             turn = self._render(messages[:k + 1], False, tools)
             if not (turn.startswith(head) and full.startswith(turn)):
                 raise TemplateError(
                     f"chat template {self.describe()}: cannot derive the trained tokens of {_conversation(messages)}: "
-                    f"the rendering up to message {k + 1} ({role}) is not a prefix of the rendering of the whole "
+                    f"the rendering up to message {k + 1} ({m.role}) is not a prefix of the rendering of the whole "
                     f"conversation (the template rewrites earlier turns); mark the assistant text with "
                     f"{{% generation %}} in the template, or set data.template to a built-in template "
                     f"({', '.join(TEMPLATES)})")
