@@ -154,11 +154,16 @@ def fit_pair(c_ids, c_mask, r_ids, r_mask, prompt_len: int, seq_length: Optional
 
 class UnitDataset(ChatDataset):
     """A JSONL file of records that become units (:class:`Unit`), tokenized in memory; ``ds[i]`` is unit ``i``.
-    Subclasses implement :meth:`_read` (append units, count what was truncated, dropped or skipped)."""
+    Subclasses implement :meth:`_read` (append units, count what was truncated, dropped or skipped) over the records
+    of :attr:`reader` (the record formats of ``kinds``, or the one ``record_format`` names: ``data.format``)."""
+
+    kinds: Tuple[str, ...] = ()
 
     def __init__(self, path: str, template: ChatTemplate, seq_length: Optional[int] = None,
-                 overlong: str = "truncate", on_bad_line: str = "error", vocab_size: Optional[int] = None) -> None:
+                 overlong: str = "truncate", on_bad_line: str = "error", vocab_size: Optional[int] = None,
+                 record_format: str = "auto") -> None:
         self.path, self.vocab_size = path, vocab_size
+        self.reader = RecordReader(self.kinds, record_format)
         self.stats = DataStats()
         self.default_dataset = os.path.splitext(os.path.basename(path))[0]
         self._units: List[Unit] = []
@@ -210,8 +215,10 @@ class UnitDataset(ChatDataset):
 class PreferenceDataset(UnitDataset):
     """A preference JSONL file: ``ds[i]`` is a two-document unit (chosen role 0, rejected role 1)."""
 
+    kinds = ("pair",)
+
     def _read(self, template, seq_length, overlong, on_bad_line, skipped) -> None:
-        for lineno, rec in iter_records(self.path, RecordReader(("pair",), what="preference"), on_bad_line, skipped):
+        for lineno, rec in iter_records(self.path, self.reader, on_bad_line, skipped):
             sides = self._encode(template, rec, ("chosen", "rejected"), lineno, on_bad_line, skipped)
             if sides is None:
                 continue
@@ -268,8 +275,10 @@ class UnpairedDataset(UnitDataset):
     """KTO data: one document per example (prompt + completion, ``values["label"]`` 1 desirable / 0 not,
     ``values["prompt_len"]``), so mismatched (prompt, completion) documents can be built per batch."""
 
+    kinds = ("unpaired",)
+
     def _read(self, template, seq_length, overlong, on_bad_line, skipped) -> None:
-        for lineno, (rec, label) in iter_records(self.path, RecordReader(("unpaired",)), on_bad_line, skipped):
+        for lineno, (rec, label) in iter_records(self.path, self.reader, on_bad_line, skipped):
             sides = self._encode(template, rec, ("chosen",), lineno, on_bad_line, skipped)
             if sides is None:
                 continue

@@ -16,7 +16,7 @@ from megatron_align.engine.trainer import Stage, StageData, Trainer, run_trainer
 def open_pairs(path: str, cfg, template, vocab_size=None):
     from megatron_align.data.preference import PreferenceDataset
 
-    return PreferenceDataset(path, template, cfg.seq_length, cfg.overlong, cfg.on_bad_line, vocab_size)
+    return PreferenceDataset(path, template, cfg.seq_length, cfg.overlong, cfg.on_bad_line, vocab_size, cfg.format)
 
 
 def normalize_scores(datasets: List, mode: str, score_range=None) -> Dict[str, Dict[str, float]]:

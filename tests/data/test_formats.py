@@ -338,3 +338,31 @@ def test_preference_records_share_the_message_reader(tmp_path, tok):
     with pytest.raises(DataError, match=r"s.jsonl:1: unknown record format: keys \[messages, category\]; accepted: "
                                         r"preference \(chosen, rejected\) \(this looks like a chat record, messages"):
         PreferenceDataset(sft_file, tmpl)
+    with pytest.raises(ConfigError, match=r"data.format: 'messages' records are chat records; this takes preference"):
+        PreferenceDataset(sft_file, tmpl, record_format="messages")
+    assert len(PreferenceDataset(write_jsonl(tmp_path / "n.jsonl", [plain]), tmpl, record_format="preference")) == 1
+
+
+def test_conversational_prompt_completion_with_tools_equals_trl(tmp_path):
+    """TRL's own rendering of a conversational prompt-completion example with tools (trl.data_utils.
+    apply_chat_template over the official Qwen2.5 template): prompt + completion is our rendering, and what we
+    train is the completion (up to the newline after its end-of-turn token)."""
+    from official_templates import QWEN25
+    from tiny_real_tokenizers import make_bpe_dir
+    from transformers import PreTrainedTokenizerFast
+    from trl.data_utils import apply_chat_template
+
+    from megatron_align.data.tokenizer import ChatTokenizer
+
+    d = make_bpe_dir(str(tmp_path / "q"), "qwen2", QWEN25)
+    msgs = TOOL_RECORD["messages"]
+    call = json.loads(json.dumps(msgs[1]))
+    call["tool_calls"][0]["function"]["arguments"] = {"city": "Paris"}  # TRL passes the arguments as they are
+    example = {"prompt": [msgs[0]], "completion": [call]}
+    ref = apply_chat_template(example, PreTrainedTokenizerFast.from_pretrained(d), tools=TOOL_RECORD["tools"])
+    tmpl = build_template("chatml", ChatTokenizer(d))
+    record = {"prompt": [msgs[0]], "completion": [msgs[1]], "tools": TOOL_RECORD["tools"]}
+    conv = RecordReader(("chat",))(record)
+    enc = tmpl.encode_conversation(conv)
+    assert tmpl.render_text(conv.messages, tools=conv.tools) == ref["prompt"] + ref["completion"]
+    assert trained_text(tmpl, enc.ids, enc.target_mask) == ref["completion"].rstrip("\n")

@@ -71,11 +71,10 @@ class RecordReader:
     """``parse`` for :func:`iter_records`: detects the format from the first valid record (or uses the named one,
     ``data.format``) among the formats of ``kinds``, then reads every record of the file with it."""
 
-    def __init__(self, kinds: Sequence[str] = ("chat",), named: Optional[str] = AUTO, what: str = "") -> None:
+    def __init__(self, kinds: Sequence[str] = ("chat",), named: Optional[str] = AUTO) -> None:
         from megatron_align.data import formats  # noqa: F401  (registers the built-in formats)
 
         self.accepted = formats_of(kinds)
-        self.what = what or "/".join(kinds)
         self.format: Optional[RecordFormat] = None
         self.named = named not in (None, AUTO)
         if self.named:
