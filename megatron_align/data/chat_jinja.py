@@ -104,6 +104,8 @@ class JinjaTemplate(ChatTemplate):
         except jinja2.exceptions.TemplateSyntaxError as exc:
             raise TemplateError(f"{self.source}: chat_template line {exc.lineno}: {exc.message}") from None
         self.has_generation_blocks = bool(_GENERATION_TAG.search(self.text))
+        # a family with a developer role (the template names it): such messages keep it; others read it as system
+        self.has_developer_role = "developer" in self.text
         ctrl = "|".join(map(re.escape, sorted(tokenizer.control_tokens(), key=len, reverse=True))) or "(?!)"
         self._ctrl = re.compile(ctrl)
         self._scan = re.compile(f"{MARK_OPEN}({ctrl}){MARK_CLOSE}|({ctrl})|([\ue000-\ue003])")
@@ -122,6 +124,9 @@ class JinjaTemplate(ChatTemplate):
         import jinja2
 
         msgs = [dict(m.as_dict(), content=self._mark(m.content)) for m in messages]
+        for d, m in zip(msgs, messages):
+            if m.written_role == "developer" and self.has_developer_role:
+                d["role"] = "developer"
         try:
             return self._compiled.render(messages=msgs, add_generation_prompt=add_generation_prompt,
                                          tools=list(tools) if tools else None, documents=None, **self._context)

@@ -9,7 +9,7 @@ A message (OpenAI / Hugging Face chat form)::
      "weight": 0|1 | "loss": true|false | "training": true|false}      # per-turn loss flag (assistant turns)
 
 Rules: a system message (``developer`` is read as ``system``: none of the built-in families has a developer
-role) may only come first; ``ipython`` is read as ``tool`` (Llama-3.1's name for it); a ``tool`` message follows
+role; a checkpoint's own Jinja template that names the ``developer`` role gets it as written) may only come first; ``ipython`` is read as ``tool`` (Llama-3.1's name for it); a ``tool`` message follows
 an assistant turn with ``tool_calls``; at least one assistant turn. Loss: an assistant turn is trained unless its
 flag says otherwise; a tool-call turn's call text is trained like any assistant text; an assistant turn with no
 text and no tool call is never trained (no training on an empty answer); other roles are never trained (a flag
@@ -56,6 +56,7 @@ class Message:
     tool_calls: Tuple[ToolCall, ...] = ()
     name: Optional[str] = None
     tool_call_id: Optional[str] = None
+    written_role: Optional[str] = None  # the role as the record wrote it, when it was an alias (``developer``)
 
     @property
     def trained(self) -> bool:
@@ -180,8 +181,8 @@ def parse_message(m: Any, where: str, default_role: Optional[str] = None) -> Mes
     """One message object in OpenAI / Hugging Face form (see the module doc)."""
     if not isinstance(m, dict):
         raise RecordError(f"{where} must be an object, got {type(m).__name__}")
-    role = m.get("role", default_role)
-    role = ROLE_ALIASES.get(role, role)
+    written = m.get("role", default_role)
+    role = ROLE_ALIASES.get(written, written)
     if role not in ROLES:
         raise RecordError(f"{where}: unknown role {m.get('role')!r} (expected {', '.join(ROLES)}, "
                           f"or {', '.join(ROLE_ALIASES)})")
@@ -201,7 +202,7 @@ def parse_message(m: Any, where: str, default_role: Optional[str] = None) -> Mes
         if m.get(f) is not None and not isinstance(m[f], str):
             raise RecordError(f"{where}.{f}: must be a string, got {type(m[f]).__name__}")
     return Message(role, content, flag, tuple(tool_call(c, f"{where}.tool_calls[{k}]") for k, c in enumerate(calls)),
-                   m.get("name"), m.get("tool_call_id"))
+                   m.get("name"), m.get("tool_call_id"), written if written != role else None)
 
 
 def parse_messages(value: Any, field: str, default_role: Optional[str] = None) -> Tuple[Message, ...]:

@@ -253,7 +253,7 @@ def test_messages_normalise_to_the_conversation(tmp_path):
     assert a.messages[1] == Message("assistant", "", None, (ToolCall("get_weather", {"city": "Paris"}, "c1"),))
     assert a.messages[2] == Message("tool", "18 C", tool_call_id="c1")
     assert [m.trained for m in a.messages] == [False, True, False, True]
-    assert b.messages[0] == Message("system", "Be brief.") and b.messages[1].name == "ann"
+    assert b.messages[0] == Message("system", "Be brief.", written_role="developer") and b.messages[1].name == "ann"
     assert b.messages[-1] == Message("assistant", "5", True)
 
 
@@ -366,3 +366,20 @@ def test_conversational_prompt_completion_with_tools_equals_trl(tmp_path):
     enc = tmpl.encode_conversation(conv)
     assert tmpl.render_text(conv.messages, tools=conv.tools) == ref["prompt"] + ref["completion"]
     assert trained_text(tmpl, enc.ids, enc.target_mask) == ref["completion"].rstrip("\n")
+
+
+def test_developer_role_is_system_unless_the_template_has_one(tmp_path):
+    from tiny_real_tokenizers import make_bpe_dir
+
+    from megatron_align.data.schema import parse_messages
+    from megatron_align.data.tokenizer import ChatTokenizer
+
+    plain = ("{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
+             "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+    with_dev = plain.replace("{{ m.role }}", "{{ 'dev' if m.role == 'developer' else m.role }}")
+    msgs = parse_messages([{"role": "developer", "content": "Be brief."}, {"role": "user", "content": "Hi"},
+                           {"role": "assistant", "content": "Hello"}], "messages")
+    for jinja, head in ((plain, "system"), (with_dev, "dev")):
+        tok = ChatTokenizer(make_bpe_dir(str(tmp_path / head), "qwen2", jinja))
+        assert build_template("auto", tok).render_text(msgs).startswith(f"<|im_start|>{head}\nBe brief.<|im_end|>")
+    assert build_template("chatml", tok).render_text(msgs).startswith("<|im_start|>system\nBe brief.<|im_end|>")
