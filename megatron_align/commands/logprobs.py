@@ -33,7 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 # -- input --------------------------------------------------------------------------------------------
 def read_sequences(path: str, seq_length: int, template=None) -> List[List[int]]:
     """One id list per record, read by the same reader as training (:mod:`megatron_align.data.formats`): the
-    ``tokens`` format (``input_ids``) or any chat format, which ``template`` encodes (the whole conversation, or
+    ``tokens`` format (``input_ids``, on any line) or any chat format (one per file), which ``template`` encodes (the whole conversation, or
     a raw text document). The same records are refused as by ``sft``, with the same ``path:line: reason``."""
     from megatron_align.data.errors import DataError
     from megatron_align.data.formats import RecordReader
@@ -41,7 +41,7 @@ def read_sequences(path: str, seq_length: int, template=None) -> List[List[int]]
     from megatron_align.data.schema import Conversation, RecordError
 
     seqs: List[List[int]] = []
-    for lineno, rec in iter_records(path, RecordReader(("tokens", "chat")), "error"):
+    for lineno, rec in iter_records(path, RecordReader(("tokens", "chat"), any_line=("tokens",)), "error"):
         if isinstance(rec, Conversation):
             if template is None:
                 raise DataError(path, lineno, "a chat record needs a tokenizer (none in the checkpoint; pass "

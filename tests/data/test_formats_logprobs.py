@@ -44,6 +44,10 @@ def test_logprobs_reads_what_sft_reads(tmp_path, tok):
     assert '<tool_call>\n{"name": "weather", "arguments": {"city": "Oslo"}}' in tok.decode(seqs[0])
     assert read_sequences(write_jsonl(tmp_path / "sg.jsonl", [SHAREGPT]), 4096, tmpl)[0] == \
         tmpl.encode([("user", "Hi"), ("assistant", "Hello")]).ids
+    # pre-tokenized lines may sit anywhere (as before); chat lines keep one format per file
+    mixed = write_jsonl(tmp_path / "mixed.jsonl", [{"input_ids": [5, 6]}, MESSAGES_OK, {"input_ids": [7]}])
+    assert read_sequences(mixed, 4096, tmpl) == [[5, 6], tmpl.encode([("user", "Hi"), ("assistant", "Hello")]).ids,
+                                                 [7]]
     for name, record in (("mid", MID_SYSTEM), ("role", UNKNOWN_ROLE), ("tools_llama3", PARTS)):
         path = write_jsonl(tmp_path / f"{name}.jsonl", [SHAREGPT if name != "tools_llama3" else MESSAGES_OK,
                                                         record])

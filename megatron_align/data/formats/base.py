@@ -69,12 +69,15 @@ def _keys(obj: dict, limit: int = 12) -> str:
 
 class RecordReader:
     """``parse`` for :func:`iter_records`: detects the format from the first valid record (or uses the named one,
-    ``data.format``) among the formats of ``kinds``, then reads every record of the file with it."""
+    ``data.format``) among the formats of ``kinds``, then reads every record of the file with it. Records of the
+    kinds in ``any_line`` (``logprobs``: pre-tokenized ``input_ids``) are read wherever they are."""
 
-    def __init__(self, kinds: Sequence[str] = ("chat",), named: Optional[str] = AUTO) -> None:
+    def __init__(self, kinds: Sequence[str] = ("chat",), named: Optional[str] = AUTO,
+                 any_line: Sequence[str] = ()) -> None:
         from megatron_align.data import formats  # noqa: F401  (registers the built-in formats)
 
         self.accepted = formats_of(kinds)
+        self.any_line = formats_of(any_line)  # formats accepted on any line, whatever the file's format
         self.format: Optional[RecordFormat] = None
         self.named = named not in (None, AUTO)
         if self.named:
@@ -105,6 +108,9 @@ class RecordReader:
     def __call__(self, obj: object) -> Any:
         if not isinstance(obj, dict):
             raise RecordError(f"record must be a JSON object, got {type(obj).__name__}")
+        for f in self.any_line:
+            if f.matches(obj):
+                return f.parse(obj)
         fmt = self.format
         if fmt is None:
             fmt = self._detect(obj)
