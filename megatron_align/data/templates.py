@@ -214,11 +214,8 @@ class Llama3Template(TurnTemplate):
     def _header(self, role: str) -> List[Piece]:
         return [_control("<|start_header_id|>"), Piece(role), _control("<|end_header_id|>"), Piece("\n\n")]
 
-    def _content(self, role: str, content: str) -> str:
-        return content.strip()
-
     def _body(self, m: Message) -> str:
-        return self._content(m.role, m.content)
+        return m.content.strip()
 
     def turn(self, m, last):
         loss = m.trained
