@@ -227,7 +227,7 @@ def check_conversation(msgs: Sequence[Message], field: str = "messages", need_as
             raise RecordError(f"{field}[{k}]: a tool result with no assistant tool call before it")
         called = called or bool(m.tool_calls)
     if need_assistant and not any(m.role == "assistant" for m in msgs):
-        raise RecordError(f"'{field}': conversation has no assistant turn (nothing to learn from)")
+        raise RecordError("conversation has no assistant turn (nothing to learn from)")
 
 
 def conversation(msgs: Sequence[Message], obj: dict, field: str = "messages", tools: Any = None) -> Conversation:

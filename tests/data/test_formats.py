@@ -151,7 +151,7 @@ BAD = [
     ({"messages": [{"role": "user", "content": "q", "tool_calls": [{"name": "f"}]},
                    {"role": "assistant", "content": "a"}]}, "messages[0].tool_calls: only an assistant turn"),
     ({"conversations": [{"from": "bot", "value": "q"}]}, "conversations[0].from: unknown speaker 'bot'"),
-    ({"conversations": [{"from": "human", "value": "q"}]}, "'conversations': conversation has no assistant turn"),
+    ({"conversations": [{"from": "human", "value": "q"}]}, "conversation has no assistant turn"),
     ({"conversations": [{"from": "human", "value": "q"}, {"from": "function_call", "value": "{x"}]},
      "conversations[1].value: a function_call turn must hold JSON"),
     ({"instruction": "q", "output": 5}, "'output' must be a string, got int"),
