@@ -59,8 +59,9 @@ def test_logprobs_reads_what_sft_reads(tmp_path, tok):
     for lines, why in (([], "file is empty"), (["", " "], "file is empty")):
         with pytest.raises(DataError, match=why):
             read_sequences(write_jsonl(tmp_path / "e.jsonl", lines), 4096, tmpl)
-    with pytest.raises(DataError, match="is a directory"):
-        read_sequences(str(tmp_path), 4096, tmpl)
+    (tmp_path / "empty_dir").mkdir()  # a directory: a one-line error (no IsADirectoryError traceback)
+    with pytest.raises(DataError, match="empty_dir: .*director"):
+        read_sequences(str(tmp_path / "empty_dir"), 4096, tmpl)
 
 
 @pytest.fixture(scope="module")
