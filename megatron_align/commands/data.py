@@ -83,6 +83,7 @@ def _summary(dataset) -> str:
     st = dataset.stats
     return (f"{len(dataset)} units, {tokens} tokens, {trained} trained ({trained / max(tokens, 1):.1%}); "
             f"truncated {st.n_truncated}, dropped {st.n_dropped}, skipped bad lines {st.n_skipped_bad}"
+            + (f", nothing to train {st.n_nothing_to_train}" if st.n_nothing_to_train else "")
             + (f", identical pairs skipped {st.n_identical}" if st.n_identical else ""))
 
 

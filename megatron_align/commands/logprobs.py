@@ -1,9 +1,10 @@
 """`megatron-align logprobs --load CKPT --data IN.jsonl --out OUT.jsonl [parallel.tp=2 parallel.pp=2 ...]`
 
 Token log-probs of sequences under a checkpoint (how reference log-probs for DPO are precomputed).
-Run under torchrun or srun at any TP/PP (DP = the rest). Input lines: ``{"input_ids": [...]}`` or
-``{"messages": [...]}`` (tokenized with the checkpoint's tokenizer/ or ``--tokenizer`` and the family's chat
-template). Output lines, in input order: ``{"token_logprobs": [log p(ids[i+1] | ids[:i+1]) for i < n-1],
+Run under torchrun or srun at any TP/PP (DP = the rest). Input records: ``{"input_ids": [...]}`` or any chat
+record format that ``sft`` reads (messages, sharegpt, alpaca, prompt/completion, query/response, text; tokenized
+with the checkpoint's tokenizer/ or ``--tokenizer`` and ``--template`` or the family's chat template), read and
+validated by the same reader as ``sft``. Output lines, in input order: ``{"token_logprobs": [log p(ids[i+1] | ids[:i+1]) for i < n-1],
 "sum": float}``. Sequences are packed several per row (document ids isolate attention, positions
 restart) and run forward-only through megatron's pipeline schedule; only global rank 0 writes.
 """
@@ -25,57 +26,44 @@ class LogprobsError(UserError, ValueError):
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_forward_arguments(parser, load_help='checkpoint root (with `latest`) or checkpoint directory',
-                          data_help='JSONL: {"input_ids": [...]} or {"messages": [...]} per line')
+                          data_help='JSONL: {"input_ids": [...]} or a chat record ({"messages": [...]}, ...) '
+                                    'per line')
 
 
 # -- input --------------------------------------------------------------------------------------------
-def read_sequences(path: str, seq_length: int, encode_messages=None) -> List[List[int]]:
-    """One id list per line; errors name ``path:line``."""
+def read_sequences(path: str, seq_length: int, template=None) -> List[List[int]]:
+    """One id list per record, read by the same reader as training (:mod:`megatron_align.data.formats`): the
+    ``tokens`` format (``input_ids``, on any line) or any chat format (one per file), which ``template`` encodes (the whole conversation, or
+    a raw text document). The same records are refused as by ``sft``, with the same ``path:line: reason``."""
+    from megatron_align.data.errors import DataError
+    from megatron_align.data.formats import RecordReader
+    from megatron_align.data.jsonl import iter_records
+    from megatron_align.data.schema import Conversation, RecordError
+
     seqs: List[List[int]] = []
-    try:
-        f = open(path, encoding="utf-8")
-    except FileNotFoundError:
-        raise LogprobsError(f"--data {path} does not exist") from None
-    with f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
+    for lineno, rec in iter_records(path, RecordReader(("tokens", "chat"), any_line=("tokens",)), "error"):
+        if isinstance(rec, Conversation):
+            if template is None:
+                raise DataError(path, lineno, "a chat record needs a tokenizer (none in the checkpoint; pass "
+                                              "--tokenizer)")
             try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise LogprobsError(f"{where}: not valid JSON ({e})") from None
-            if isinstance(rec, dict) and "input_ids" in rec:
-                ids = rec["input_ids"]
-                if not isinstance(ids, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
-                    raise LogprobsError(f"{where}: input_ids must be a list of integers")
-            elif isinstance(rec, dict) and "messages" in rec:
-                if encode_messages is None:
-                    raise LogprobsError(f"{where}: `messages` needs a tokenizer (none in the checkpoint; pass --tokenizer)")
-                ids = encode_messages(rec["messages"], where)
-            else:
-                raise LogprobsError(f"{where}: expected an object with `input_ids` or `messages`")
-            if not ids:
-                raise LogprobsError(f"{where}: empty sequence")
-            if len(ids) > seq_length:
-                raise LogprobsError(f"{where}: sequence of {len(ids)} tokens is longer than --seq-length={seq_length}")
-            seqs.append(ids)
+                ids = template.encode_conversation(rec).ids
+            except RecordError as exc:
+                raise DataError(path, lineno, str(exc)) from None
+        else:
+            ids = list(rec)
+        if len(ids) > seq_length:
+            raise DataError(path, lineno, f"sequence of {len(ids)} tokens is longer than --seq-length={seq_length}")
+        seqs.append(ids)
     return seqs
 
 
-def messages_encoder(tokenizer_path: str, template: Optional[str], family: str):
+def chat_template(tokenizer_path: str, template: Optional[str], family: str):
+    """The template chat records are encoded with: ``--template`` or the family's built-in."""
     from megatron_align.data.templates import build_template, resolve_template_name
     from megatron_align.data.tokenizer import ChatTokenizer
 
-    tmpl = build_template(resolve_template_name(template, family), ChatTokenizer(tokenizer_path))
-
-    def encode(messages, where: str) -> List[int]:
-        if not isinstance(messages, list) or not all(isinstance(m, dict) and "role" in m and "content" in m
-                                                     for m in messages):
-            raise LogprobsError(f"{where}: messages must be a list of {{role, content}} objects")
-        return tmpl.encode([(m["role"], m["content"]) for m in messages]).ids
-
-    return encode
+    return build_template(resolve_template_name(template, family), ChatTokenizer(tokenizer_path))
 
 
 # -- run --------------------------------------------------------------------------------------------------
@@ -103,12 +91,10 @@ def compute_logprobs(args: argparse.Namespace, job: ForwardJob) -> int:
         raise LogprobsError("--seq-length must be >= 2 and --micro-batch-size >= 1")
     check_layout(arch, job.parallel)
     tok_path = args.tokenizer or os.path.join(ckpt, layout.TOKENIZER_DIR)
-    encoder = None
+    template = None
     if os.path.exists(tok_path) and (os.path.isfile(tok_path) or os.path.isfile(os.path.join(tok_path, "tokenizer.json"))):
-        encoder = messages_encoder(tok_path, args.template, arch.family)
-    seqs = read_sequences(args.data, args.seq_length, encoder)
-    if not seqs:
-        raise LogprobsError(f"{args.data}: no sequences (the file has no records)")
+        template = chat_template(tok_path, args.template, arch.family)
+    seqs = read_sequences(args.data, args.seq_length, template)
     bad = next(((i, max(s)) for i, s in enumerate(seqs) if max(s) >= arch.vocab_size or min(s) < 0), None)
     if bad is not None:
         raise LogprobsError(f"{args.data}: sequence {bad[0] + 1} has token id {bad[1]} outside the vocabulary "

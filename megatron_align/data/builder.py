@@ -68,7 +68,7 @@ def open_dataset(path: str, cfg: DataConfig, tokenizer: ChatTokenizer, template:
                                           f"{tokenizer.file}; re-run preprocess")
         return IndexedChatDataset(prefix, cfg.seq_length, cfg.overlong)
     if is_data_source(path):
-        return JsonlChatDataset(path, template, cfg.seq_length, cfg.overlong, cfg.on_bad_line)
+        return JsonlChatDataset(path, template, cfg.seq_length, cfg.overlong, cfg.on_bad_line, cfg.format)
     raise DataError(path, None, "no such file, directory or matching shards, and no indexed dataset "
                                 "<path>.bin/.idx/.meta.json")
 

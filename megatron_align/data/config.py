@@ -20,6 +20,9 @@ DEFAULT_EVAL_PATH = os.path.join(TINY_ASSETS_DIR, "chat_eval.jsonl")
 OVERLONG_CHOICES = ("truncate", "drop")
 ON_BAD_LINE_CHOICES = ("error", "skip")
 TEMPLATE_CHOICES = ("auto", "llama3", "llama3.1", "chatml", "baichuan")  # = templates.TEMPLATE_NAMES
+#: = formats.format_names() (checked by tests/data/test_formats.py)
+FORMAT_CHOICES = ("auto", "messages", "sharegpt", "alpaca", "prompt_completion", "query_response", "text",
+                  "preference", "unpaired", "tokens")
 
 
 @dataclass(frozen=True)
@@ -43,6 +46,11 @@ class DataConfig:
     eval_path: Any = help_field(
         None, help="evaluation data, same forms as `path` (a list: each dataset evaluated whole and reported under "
                    "its name, no weights); null (default): no evaluation")
+    format: str = help_field(
+        "auto", choices=FORMAT_CHOICES,
+        help="record format of the data files: 'auto' detects it per file from the first valid record (messages, "
+             "sharegpt, alpaca, prompt_completion, query_response, text; preference / unpaired for the "
+             "preference stages), or name one to require it")
     tokenizer: Optional[str] = help_field(
         None,
         help="tokenizer: a directory holding tokenizer.json, or the tokenizer.json file itself; null (default): "
@@ -81,6 +89,8 @@ class DataConfig:
         parse_sources(self.path, "path", weighted=True)
         if self.eval_path is not None:
             parse_sources(self.eval_path, "eval_path", weighted=False)
+        if self.format not in FORMAT_CHOICES:
+            raise bad("format", f"unknown record format {self.format!r} (expected one of {', '.join(FORMAT_CHOICES)})")
         if self.tokenizer is not None and (not isinstance(self.tokenizer, str) or not self.tokenizer):
             raise bad("tokenizer", f"must be a non-empty path or null, got {self.tokenizer!r}")
         if self.template is not None and self.template not in TEMPLATE_CHOICES:

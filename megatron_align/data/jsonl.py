@@ -11,7 +11,7 @@ from megatron_align.data.config import ON_BAD_LINE_CHOICES
 from megatron_align.data.errors import DataError
 from megatron_align.data.samples import (ChatDataset, DataStats, Sample, has_target_after_first,
                                          overlong_action)
-from megatron_align.data.schema import Conversation, parse_record
+from megatron_align.data.schema import Conversation, RecordError
 from megatron_align.data.sources import BadRecord, iter_source
 from megatron_align.data.templates import ChatTemplate
 
@@ -54,24 +54,38 @@ def iter_records(path: str, parse: Callable[[object], T], on_bad_line: str = "er
         raise DataError(path, None, f"no valid record: all {n_records} records were bad and skipped")
 
 
-def iter_conversations(path: str, on_bad_line: str = "error",
-                       skipped: Optional[List[int]] = None) -> Iterator[Tuple[int, Conversation]]:
-    """Yield (line number, Conversation) for each chat record of a JSONL file (see :func:`iter_records`)."""
-    return iter_records(path, parse_record, on_bad_line, skipped)
+def iter_conversations(path: str, on_bad_line: str = "error", skipped: Optional[List[int]] = None,
+                       record_format: str = "auto") -> Iterator[Tuple[int, Conversation]]:
+    """Yield (line number, Conversation) for each chat record of a file, whatever its chat record format
+    (detected from the first valid record, or ``record_format``; see :mod:`megatron_align.data.formats`)."""
+    from megatron_align.data.formats import RecordReader
+
+    return iter_records(path, RecordReader(("chat",), record_format), on_bad_line, skipped)
 
 
 def iter_tokenized(path: str, template: ChatTemplate, stats: DataStats, seq_length: Optional[int] = None,
-                   overlong: str = "truncate", on_bad_line: str = "error"
+                   overlong: str = "truncate", on_bad_line: str = "error", record_format: str = "auto"
                    ) -> Iterator[Tuple[np.ndarray, np.ndarray, Optional[str]]]:
     """Tokenize the records of ``path`` with ``template`` and apply the over-long policy, counting in ``stats``.
 
-    Yields (input_ids int64 [L], target_mask uint8 [L], category) with L <= seq_length. A truncated sample
-    left without any loss token is dropped (counted in ``n_dropped``)."""
+    Yields (input_ids int64 [L], target_mask uint8 [L], category) with L <= seq_length. A record with nothing to
+    train (every assistant turn flagged off or empty) is counted in ``n_nothing_to_train`` and skipped; a
+    truncated sample left without any loss token is dropped (counted in ``n_dropped``). A record the template
+    cannot render (tool calls for a family without a tool format) is a bad record (``file:line``)."""
     skipped: List[int] = []
-    for _, conv in iter_conversations(path, on_bad_line, skipped):
-        enc = template.encode(conv.messages)
+    for lineno, conv in iter_conversations(path, on_bad_line, skipped, record_format):
+        try:
+            enc = template.encode_conversation(conv)
+        except RecordError as exc:
+            if on_bad_line == "error":
+                raise DataError(path, lineno, str(exc)) from None
+            skipped.append(lineno)
+            continue
         ids = np.asarray(enc.ids, dtype=np.int64)
         mask = np.asarray(enc.target_mask, dtype=np.uint8)
+        if not has_target_after_first(mask, len(mask)):
+            stats.n_nothing_to_train += 1
+            continue
         action = overlong_action(len(ids), seq_length, overlong)
         if action == "drop" or (action == "truncate" and not has_target_after_first(mask, seq_length)):
             stats.n_dropped += 1
@@ -88,10 +102,11 @@ class JsonlChatDataset(ChatDataset):
     """A chat JSONL file, tokenized in memory at construction (small and medium corpora)."""
 
     def __init__(self, path: str, template: ChatTemplate, seq_length: Optional[int] = None,
-                 overlong: str = "truncate", on_bad_line: str = "error") -> None:
+                 overlong: str = "truncate", on_bad_line: str = "error", record_format: str = "auto") -> None:
         self.path = path
         self.stats = DataStats()
-        self._items = list(iter_tokenized(path, template, self.stats, seq_length, overlong, on_bad_line))
+        self._items = list(iter_tokenized(path, template, self.stats, seq_length, overlong, on_bad_line,
+                                          record_format))
         self.lengths = np.asarray([len(ids) for ids, _, _ in self._items], dtype=np.int64)
 
     def __getitem__(self, idx: int) -> Sample:

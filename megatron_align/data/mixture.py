@@ -88,7 +88,7 @@ class BlendedDataset(ChatDataset):
             self.lengths[at] = np.asarray(ds.lengths)[self.sample_index[at]]
         self.stats = DataStats(n_samples=len(self.lengths))
         for ds in self.datasets:
-            for key in ("n_truncated", "n_dropped", "n_skipped_bad", "n_identical"):
+            for key in ("n_truncated", "n_dropped", "n_skipped_bad", "n_identical", "n_nothing_to_train"):
                 setattr(self.stats, key, getattr(self.stats, key) + getattr(ds.stats, key))
 
     def __getitem__(self, idx: int) -> Sample:

@@ -1,6 +1,7 @@
 """Preference pairs: the record schema, tokenization with the chat template, and the in-memory dataset.
 
-One JSONL line is one pair::
+One record is one pair (read through :class:`~megatron_align.data.formats.RecordReader`: the ``preference``
+format; messages take every field of the chat ``messages`` format: text parts, ``developer``, tool calls)::
 
     {"prompt": [messages...] | "text", "chosen": [assistant message(s)] | "text", "rejected": ...,
      "chosen_score": 7.5, "rejected_score": 3, "dataset": "helpsteer", "category": "math"}
@@ -26,10 +27,11 @@ import numpy as np
 
 from megatron_align.data.jsonl import iter_records
 from megatron_align.data.samples import ChatDataset, DataStats, Sample, Unit
-from megatron_align.data.schema import ROLES
+from megatron_align.data.formats import RecordReader
+from megatron_align.data.schema import Message, RecordError, optional_str, parse_messages
 from megatron_align.data.templates import ChatTemplate
 
-Messages = Tuple[Tuple[str, str], ...]
+Messages = Tuple[Message, ...]
 
 CHOSEN, REJECTED = 0, 1
 
@@ -49,23 +51,12 @@ class PairRecord:
 
 
 def _messages(value: Any, field: str, default_role: str) -> Messages:
-    if isinstance(value, str):
-        return ((default_role, value),)
-    if not isinstance(value, list) or not value:
-        raise ValueError(f"'{field}' must be a string or a non-empty list of messages")
-    out = []
-    for k, m in enumerate(value):
-        if not isinstance(m, dict):
-            raise ValueError(f"{field}[{k}] must be an object, got {type(m).__name__}")
-        role, content = m.get("role"), m.get("content")
-        if role not in ROLES:
-            raise ValueError(f"{field}[{k}]: unknown role {role!r} (expected {', '.join(ROLES)})")
-        if not isinstance(content, str):
-            raise ValueError(f"{field}[{k}]: content must be a string, got {type(content).__name__}")
-        if role == "system" and (k != 0 or field != "prompt"):
-            raise ValueError(f"{field}[{k}]: a system message may only be the first message of the prompt")
-        out.append((role, content))
-    return tuple(out)
+    """A string (one ``default_role`` message) or a list of chat messages; a system message only opens the prompt."""
+    out = parse_messages(value, field, default_role)
+    for k, m in enumerate(out):
+        if m.role == "system" and (k != 0 or field != "prompt"):
+            raise RecordError(f"{field}[{k}]: a system message may only be the first message of the prompt")
+    return out
 
 
 def _ids(value: Any, field: str) -> Tuple[int, ...]:
@@ -84,11 +75,7 @@ def _score(obj: dict, field: str) -> Optional[float]:
     return float(value)
 
 
-def _optional_str(obj: dict, field: str) -> Optional[str]:
-    value = obj.get(field)
-    if value is not None and not isinstance(value, str):
-        raise ValueError(f"'{field}' must be a string, got {type(value).__name__}")
-    return value
+_optional_str = optional_str
 
 
 def parse_pair(obj: object) -> PairRecord:
@@ -120,15 +107,15 @@ def parse_pair(obj: object) -> PairRecord:
         n = 0
         while n < min(len(full_c), len(full_r)) and full_c[n] == full_r[n]:
             n += 1
-        while n > 0 and full_c[n - 1][0] == "assistant":  # the responses start after the last user turn
+        while n > 0 and full_c[n - 1].role == "assistant":  # the responses start after the last user turn
             n -= 1
         prompt, chosen, rejected = full_c[:n], full_c[n:], full_r[n:]
         if not prompt:
             raise ValueError("missing 'prompt' and chosen/rejected share no prompt messages")
-    if prompt[-1][0] == "assistant":
+    if prompt[-1].role == "assistant":
         raise ValueError("the prompt must end with a user (or system) message, not an assistant one")
     for name, resp in (("chosen", chosen), ("rejected", rejected)):
-        if not resp or any(role != "assistant" for role, _ in resp):
+        if not resp or any(m.role != "assistant" for m in resp):
             raise ValueError(f"'{name}' must hold only assistant message(s)")
     return PairRecord(prompt, chosen, rejected, **common)
 
@@ -167,11 +154,16 @@ def fit_pair(c_ids, c_mask, r_ids, r_mask, prompt_len: int, seq_length: Optional
 
 class UnitDataset(ChatDataset):
     """A JSONL file of records that become units (:class:`Unit`), tokenized in memory; ``ds[i]`` is unit ``i``.
-    Subclasses implement :meth:`_read` (append units, count what was truncated, dropped or skipped)."""
+    Subclasses implement :meth:`_read` (append units, count what was truncated, dropped or skipped) over the records
+    of :attr:`reader` (the record formats of ``kinds``, or the one ``record_format`` names: ``data.format``)."""
+
+    kinds: Tuple[str, ...] = ()
 
     def __init__(self, path: str, template: ChatTemplate, seq_length: Optional[int] = None,
-                 overlong: str = "truncate", on_bad_line: str = "error", vocab_size: Optional[int] = None) -> None:
+                 overlong: str = "truncate", on_bad_line: str = "error", vocab_size: Optional[int] = None,
+                 record_format: str = "auto") -> None:
         self.path, self.vocab_size = path, vocab_size
+        self.reader = RecordReader(self.kinds, record_format)
         self.stats = DataStats()
         self.default_dataset = os.path.splitext(os.path.basename(path))[0]
         self._units: List[Unit] = []
@@ -184,6 +176,24 @@ class UnitDataset(ChatDataset):
     @abc.abstractmethod
     def _read(self, template, seq_length, overlong, on_bad_line, skipped) -> None:
         """Append this file's units to ``self._units``, counting in ``self.stats`` and ``skipped``."""
+
+    def _encode(self, template, rec: PairRecord, sides: Sequence[str], lineno: int, on_bad_line: str,
+                skipped: List[int]):
+        """[(ids, mask)] per side, or None: a record the template cannot render is a bad record (``file:line``,
+        or skipped), a response with no trained token (empty) is counted in ``n_nothing_to_train``."""
+        try:
+            out = [_encode_side(template, rec, side) for side in sides]
+        except RecordError as exc:
+            if on_bad_line == "error":
+                from megatron_align.data.errors import DataError
+
+                raise DataError(self.path, lineno, str(exc)) from None
+            skipped.append(lineno)
+            return None
+        if not all(mask.any() for _, mask in out):
+            self.stats.n_nothing_to_train += 1
+            return None
+        return out
 
     def _check_vocab(self, lineno: int, *arrays) -> None:
         bad = max(int(a.max()) for a in arrays)
@@ -205,10 +215,14 @@ class UnitDataset(ChatDataset):
 class PreferenceDataset(UnitDataset):
     """A preference JSONL file: ``ds[i]`` is a two-document unit (chosen role 0, rejected role 1)."""
 
+    kinds = ("pair",)
+
     def _read(self, template, seq_length, overlong, on_bad_line, skipped) -> None:
-        for lineno, rec in iter_records(self.path, parse_pair, on_bad_line, skipped):
-            c_ids, c_mask = _encode_side(template, rec, "chosen")
-            r_ids, r_mask = _encode_side(template, rec, "rejected")
+        for lineno, rec in iter_records(self.path, self.reader, on_bad_line, skipped):
+            sides = self._encode(template, rec, ("chosen", "rejected"), lineno, on_bad_line, skipped)
+            if sides is None:
+                continue
+            (c_ids, c_mask), (r_ids, r_mask) = sides
             self._check_vocab(lineno, c_ids, r_ids)
             if np.array_equal(c_ids, r_ids):
                 self.stats.n_identical += 1
@@ -252,7 +266,7 @@ def parse_unpaired(obj: object) -> Tuple[PairRecord, bool]:
             raise ValueError(f"missing '{f}' (an unpaired example needs prompt, completion and label)")
     prompt = _messages(obj["prompt"], "prompt", "user")
     completion = _messages(obj["completion"], "completion", "assistant")
-    if prompt[-1][0] == "assistant" or any(role != "assistant" for role, _ in completion):
+    if prompt[-1].role == "assistant" or any(m.role != "assistant" for m in completion):
         raise ValueError("'prompt' must end with a user message and 'completion' hold only assistant message(s)")
     return PairRecord(prompt, completion, completion, **common), label
 
@@ -261,9 +275,14 @@ class UnpairedDataset(UnitDataset):
     """KTO data: one document per example (prompt + completion, ``values["label"]`` 1 desirable / 0 not,
     ``values["prompt_len"]``), so mismatched (prompt, completion) documents can be built per batch."""
 
+    kinds = ("unpaired",)
+
     def _read(self, template, seq_length, overlong, on_bad_line, skipped) -> None:
-        for lineno, (rec, label) in iter_records(self.path, parse_unpaired, on_bad_line, skipped):
-            ids, mask = _encode_side(template, rec, "chosen")
+        for lineno, (rec, label) in iter_records(self.path, self.reader, on_bad_line, skipped):
+            sides = self._encode(template, rec, ("chosen",), lineno, on_bad_line, skipped)
+            if sides is None:
+                continue
+            (ids, mask), = sides
             self._check_vocab(lineno, ids)
             prompt_len = int(np.argmax(mask)) if mask.any() else len(ids)
             limit = None if seq_length is None else seq_length // 2  # room for a mismatched (prompt, completion)

@@ -57,13 +57,15 @@ class DataStats:
 
     n_samples: samples kept; n_truncated: kept after cutting to seq_length; n_dropped: over-long samples
     dropped (``overlong="drop"``, or truncated to no loss token at all); n_skipped_bad: malformed records
-    skipped (``on_bad_line="skip"``); n_identical: preference pairs whose responses are identical (skipped); token_utilization: real tokens / (bins * seq_length), None before packing.
+    skipped (``on_bad_line="skip"``); n_nothing_to_train: records with no trained token (every assistant turn
+    flagged off by ``weight: 0`` / ``loss: false`` / ``training: false``, or empty), skipped; n_identical: preference pairs whose responses are identical (skipped); token_utilization: real tokens / (bins * seq_length), None before packing.
     """
 
     n_samples: int = 0
     n_truncated: int = 0
     n_dropped: int = 0
     n_skipped_bad: int = 0
+    n_nothing_to_train: int = 0  # records with no loss token at all (skipped, never trained on an empty answer)
     n_identical: int = 0  # preference pairs whose two responses tokenize identically (skipped)
     token_utilization: Optional[float] = None
     n_bins: Optional[int] = None

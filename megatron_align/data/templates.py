@@ -24,10 +24,11 @@ Registry: ``TEMPLATES`` (name -> class) and ``FAMILY_TEMPLATES`` (model family -
 from __future__ import annotations
 
 import abc
-
+import json
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple, Type
 
+from megatron_align.data.schema import Conversation, Message, MessageLike, RecordError, as_message
 from megatron_align.data.tokenizer import ChatTokenizer
 
 #: ``system_prompt`` value meaning "the template's own default" (Qwen2's for chatml; none for the others).
@@ -43,18 +44,22 @@ class Encoded:
 
 @dataclass
 class Piece:
-    """A span of a rendered conversation: ``control`` pieces are one special token each."""
+    """A span of a rendered conversation: ``control`` pieces are one special token each. ``boundary``: the text
+    of an assistant turn, tokenized apart from what precedes it whether or not it is trained (so a per-turn loss
+    flag changes the loss mask only, never the token ids)."""
 
     text: str
     loss: bool = False
     control: bool = False
+    boundary: bool = False
 
 
 def encode_pieces(tok: ChatTokenizer, pieces: Sequence[Piece], template: str = "") -> Encoded:
     """Control pieces -> their single ids; each run of text between them with one loss flag -> one ``encode`` call.
 
-    A run ends where the loss flag changes, i.e. the assistant content is tokenized apart from its header (as
-    TRL tokenizes a completion apart from its prompt): the rendering of a prompt with the generation prompt is then
+    A run ends where the loss flag changes or an assistant turn's text starts (``Piece.boundary``), i.e. the
+    assistant content is tokenized apart from its header, trained or not (as TRL tokenizes a completion apart from
+    its prompt): the rendering of a prompt with the generation prompt is then
     a token prefix of the prompt + response, and no token straddles a trained and an untrained span. This equals
     tokenizing the whole rendered string (``apply_chat_template``) except where the tokenizer would merge text
     across that boundary (with the Llama-3 / Qwen2 pre-tokenizers: content that begins with a newline, after the
@@ -77,7 +82,7 @@ def encode_pieces(tok: ChatTokenizer, pieces: Sequence[Piece], template: str = "
             ids.append(tok.special_id(p.text, template))
             mask.append(int(p.loss))
         elif p.text:
-            if run and p.loss != run_loss:
+            if run and (p.loss != run_loss or p.boundary):
                 flush()
             run.append(p.text)
             run_loss = p.loss
@@ -88,11 +93,20 @@ def encode_pieces(tok: ChatTokenizer, pieces: Sequence[Piece], template: str = "
 class ChatTemplate(abc.ABC):
     """A template: ``render`` (pieces) and ``encode`` (ids + loss mask). ``system_prompt`` is the configured value:
     ``"default"`` (the template's own default), None (insert none) or a text inserted into conversations that
-    have no system message; :attr:`system_text` is the text actually inserted."""
+    have no system message; :attr:`system_text` is the text actually inserted.
+
+    Messages are :class:`~megatron_align.data.schema.Message` s or ``(role, content)`` pairs. A turn is trained
+    when ``Message.trained`` (assistant turns, unless flagged off; never an empty answer). ``tools`` (function
+    schemas) and tool calls are rendered by the templates that have an official tool format
+    (:attr:`supports_tools`); the others refuse them with :class:`~megatron_align.data.schema.RecordError`."""
 
     name = ""
+    family = ""
     special_tokens: Tuple[str, ...] = ()
     default_system_prompt: Optional[str] = None
+    supports_tools = False
+    #: a raw-text document: (BOS token or None, EOS token) written around it (``encode_text``)
+    document_tokens: Tuple[Optional[str], Optional[str]] = (None, None)
 
     def __init__(self, tokenizer: ChatTokenizer, system_prompt: Optional[str] = DEFAULT_SYSTEM) -> None:
         self.tok = tokenizer
@@ -100,24 +114,54 @@ class ChatTemplate(abc.ABC):
         self.system_text = self.default_system_prompt if system_prompt == DEFAULT_SYSTEM else system_prompt
         self.ids = {t: tokenizer.special_id(t, self.name) for t in self.special_tokens}
 
-    def with_system(self, messages: Sequence[Tuple[str, str]]) -> List[Tuple[str, str]]:
-        msgs = list(messages)
-        if self.system_text is not None and (not msgs or msgs[0][0] != "system"):
-            msgs.insert(0, ("system", self.system_text))
+    def with_system(self, messages: Sequence[MessageLike]) -> List[Message]:
+        msgs = [as_message(m) for m in messages]
+        if self.system_text is not None and (not msgs or msgs[0].role != "system"):
+            msgs.insert(0, Message("system", self.system_text))
         return msgs
 
-    @abc.abstractmethod
-    def render(self, messages: Sequence[Tuple[str, str]], add_generation_prompt: bool = False) -> List[Piece]:
-        """The pieces of (role, content) pairs (the system prompt already inserted)."""
+    def check_tools(self, messages: Sequence[Message], tools) -> None:
+        """Refuse tools / tool calls / tool results where this template has no format for them."""
+        if self.supports_tools:
+            return
+        fields = ["tools"] if tools else []
+        for k, m in enumerate(messages):
+            if m.tool_calls:
+                fields.append(f"messages[{k}].tool_calls")
+            elif m.role == "tool":
+                fields.append(f"messages[{k}] (role 'tool')")
+        if fields:
+            raise RecordError(f"{fields[0]}: chat template {self.name!r} ({self.family or 'this template'}) has no "
+                              f"tool-call format; use a family with one (llama3.1, chatml) or drop the tool turns")
 
-    def encode(self, messages: Sequence[Tuple[str, str]], add_generation_prompt: bool = False) -> Encoded:
-        """Encode (role, content) pairs. ``add_generation_prompt`` appends the assistant header (inference)."""
-        pieces = self.render(self.with_system(messages), add_generation_prompt)
+    @abc.abstractmethod
+    def render(self, messages: Sequence[Message], add_generation_prompt: bool = False, tools=None) -> List[Piece]:
+        """The pieces of the messages (the system prompt already inserted)."""
+
+    def _pieces(self, messages, add_generation_prompt, tools) -> List[Piece]:
+        msgs = self.with_system(messages)
+        self.check_tools(msgs, tools)
+        return self.render(msgs, add_generation_prompt, tuple(tools) if tools else None)
+
+    def encode(self, messages: Sequence[MessageLike], add_generation_prompt: bool = False, tools=None) -> Encoded:
+        """Encode messages. ``add_generation_prompt`` appends the assistant header (inference)."""
+        return encode_pieces(self.tok, self._pieces(messages, add_generation_prompt, tools), self.name)
+
+    def render_text(self, messages: Sequence[MessageLike], add_generation_prompt: bool = False, tools=None) -> str:
+        """The rendered conversation as one string (what ``apply_chat_template(tokenize=False)`` returns)."""
+        return "".join(p.text for p in self._pieces(messages, add_generation_prompt, tools))
+
+    def encode_text(self, text: str) -> Encoded:
+        """A raw-text document: [BOS] text EOS, every token but the BOS trained."""
+        bos, eos = self.document_tokens
+        pieces = ([_control(bos)] if bos else []) + [Piece(text, True)] + ([_control(eos, True)] if eos else [])
         return encode_pieces(self.tok, pieces, self.name)
 
-    def render_text(self, messages: Sequence[Tuple[str, str]], add_generation_prompt: bool = False) -> str:
-        """The rendered conversation as one string (what ``apply_chat_template(tokenize=False)`` returns)."""
-        return "".join(p.text for p in self.render(self.with_system(messages), add_generation_prompt))
+    def encode_conversation(self, conv: Conversation) -> Encoded:
+        """A record of any chat format: raw text, or its messages with its tools."""
+        if conv.text is not None:
+            return self.encode_text(conv.text)
+        return self.encode(conv.messages, tools=conv.tools)
 
     def describe(self) -> str:
         return f"built-in {self.name!r}"
@@ -126,22 +170,22 @@ class ChatTemplate(abc.ABC):
 class TurnTemplate(ChatTemplate):
     """A built-in template made of a prefix and one block of pieces per message."""
 
-    def prefix(self, messages: List[Tuple[str, str]]) -> List[Piece]:
+    def prefix(self, messages: List[Message], tools=None) -> List[Piece]:
         return []
 
     @abc.abstractmethod
-    def turn(self, role: str, content: str, last: bool) -> List[Piece]:
+    def turn(self, m: Message, last: bool) -> List[Piece]:
         """The pieces of one message (``last``: the conversation's final message)."""
 
     @abc.abstractmethod
     def generation_prompt(self) -> List[Piece]:
         """Pieces that open the assistant's turn."""
 
-    def render(self, messages, add_generation_prompt=False):
+    def render(self, messages, add_generation_prompt=False, tools=None):
         msgs = list(messages)
-        out = self.prefix(msgs)
-        for k, (role, content) in enumerate(msgs):
-            out += self.turn(role, content, k == len(msgs) - 1)
+        out = self.prefix(msgs, tools)
+        for k, m in enumerate(msgs):
+            out += self.turn(m, k == len(msgs) - 1)
         if add_generation_prompt:
             out += self.generation_prompt()
         return out
@@ -151,65 +195,147 @@ def _control(token: str, loss: bool = False) -> Piece:
     return Piece(token, loss, True)
 
 
+def tojson(x, indent=None) -> str:
+    """``tojson`` as transformers' chat-template environment writes it (no ASCII escaping)."""
+    return json.dumps(x, ensure_ascii=False, indent=indent)
+
+
 class Llama3Template(TurnTemplate):
     """Meta-Llama-3-Instruct: ``<|begin_of_text|>`` then per message
-    ``<|start_header_id|>role<|end_header_id|>\\n\\n{content | trim}<|eot_id|>``."""
+    ``<|start_header_id|>role<|end_header_id|>\\n\\n{content | trim}<|eot_id|>``. No tool format."""
 
-    name = "llama3"
+    name, family = "llama3", "Llama-3"
     special_tokens = ("<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>")
+    document_tokens = ("<|begin_of_text|>", "<|end_of_text|>")
 
-    def prefix(self, messages):
+    def prefix(self, messages, tools=None):
         return [_control("<|begin_of_text|>")] if messages else []
 
     def _header(self, role: str) -> List[Piece]:
         return [_control("<|start_header_id|>"), Piece(role), _control("<|end_header_id|>"), Piece("\n\n")]
 
-    def _content(self, role: str, content: str) -> str:
-        return content.strip()
+    def _body(self, m: Message) -> str:
+        return m.content.strip()
 
-    def turn(self, role, content, last):
-        loss = role == "assistant"
-        return self._header(role) + [Piece(self._content(role, content), loss), _control("<|eot_id|>", loss)]
+    def turn(self, m, last):
+        loss = m.trained
+        return self._header(m.role) + [Piece(self._body(m), loss, boundary=m.role == "assistant"),
+                                       _control("<|eot_id|>", loss)]
 
     def generation_prompt(self):
         return self._header("assistant")
 
 
 LLAMA31_DATE_BLOCK = "Cutting Knowledge Date: December 2023\nToday Date: 26 Jul 2024\n\n"
+LLAMA31_TOOLS_INTRO = ("Given the following functions, please respond with a JSON for a function call with its proper "
+                       "arguments that best answers the given prompt.\n\nRespond in the format {\"name\": function "
+                       "name, \"parameters\": dictionary of argument name and its value}.Do not use variables.\n\n")
 
 
 class Llama31Template(Llama3Template):
     """Llama-3.1-Instruct: as ``llama3``, but a system block always comes first, holding
-    ``Cutting Knowledge Date: December 2023\\nToday Date: 26 Jul 2024\\n\\n`` + the trimmed system message."""
+    ``Cutting Knowledge Date: December 2023\\nToday Date: 26 Jul 2024\\n\\n`` + the trimmed system message.
+
+    Tools (the official template's JSON tool calling, ``tools_in_user_message``): the system block starts with
+    ``Environment: ipython\\n``; the function schemas (``tojson(indent=4)``) go into the first user message after
+    the official instruction; an assistant tool call is ``{"name": ..., "parameters": {...}}`` (one call per turn,
+    its text content not rendered, as the official template); a tool result is an ``ipython`` turn holding the
+    result as a JSON string."""
 
     name = "llama3.1"
+    family = "Llama-3.1"
+    supports_tools = True
 
-    def render(self, messages, add_generation_prompt=False):
+    def render(self, messages, add_generation_prompt=False, tools=None):
         msgs = list(messages)
-        if not msgs or msgs[0][0] != "system":
-            msgs.insert(0, ("system", ""))
-        return super().render(msgs, add_generation_prompt)
+        system = msgs.pop(0).content if msgs and msgs[0].role == "system" else ""
+        env = "Environment: ipython\n" if tools else ""
+        out = [_control("<|begin_of_text|>")] + self._header("system") + [
+            Piece(env + LLAMA31_DATE_BLOCK + system.strip()), _control("<|eot_id|>")]
+        if tools:
+            if not msgs or msgs[0].role != "user":
+                raise RecordError("tools: Llama-3.1 puts the tools into the first user message, but the "
+                                  "conversation does not start with a user message")
+            intro = LLAMA31_TOOLS_INTRO + "".join(tojson(t, indent=4) + "\n\n" for t in tools)
+            out += self._header("user") + [Piece(intro + msgs.pop(0).content.strip()), _control("<|eot_id|>")]
+        for k, m in enumerate(msgs):
+            out += self.turn(m, k == len(msgs) - 1)
+        if add_generation_prompt:
+            out += self.generation_prompt()
+        return out
 
-    def _content(self, role, content):
-        return LLAMA31_DATE_BLOCK + content.strip() if role == "system" else content.strip()
+    def _body(self, m):
+        if m.tool_calls:
+            if len(m.tool_calls) != 1:
+                raise RecordError(f"tool_calls: Llama-3.1 takes one tool call per assistant turn, got "
+                                  f"{len(m.tool_calls)}")
+            call = m.tool_calls[0]
+            return '{"name": "' + call.name + '", "parameters": ' + tojson(call.arguments) + "}"
+        if m.role == "tool":
+            return tojson(m.content)
+        return super()._body(m)
+
+    def turn(self, m, last):
+        if m.role == "tool":
+            return self._header("ipython") + [Piece(self._body(m)), _control("<|eot_id|>")]
+        return super().turn(m, last)
 
 
 QWEN2_DEFAULT_SYSTEM = "You are a helpful assistant."
+QWEN_TOOLS_INTRO = ("\n\n# Tools\n\nYou may call one or more functions to assist with the user query.\n\nYou are "
+                    "provided with function signatures within <tools></tools> XML tags:\n<tools>")
+QWEN_TOOLS_OUTRO = ("\n</tools>\n\nFor each function call, return a json object with function name and arguments "
+                    "within <tool_call></tool_call> XML tags:\n<tool_call>\n{\"name\": <function-name>, "
+                    "\"arguments\": <args-json-object>}\n</tool_call>")
 
 
 class ChatMLTemplate(TurnTemplate):
     """Qwen2-Instruct: ``<|im_start|>role\\ncontent<|im_end|>\\n``; loss on content + ``<|im_end|>`` (not the
     newline). A conversation without a system message gets Qwen2's default one (``data.system_prompt``:
-    ``default``; null: none; or your text)."""
+    ``default``; null: none; or your text).
 
-    name = "chatml"
+    Tools (Qwen2.5's official format, Hermes style): the system message (or the default) is followed by the
+    ``# Tools`` block listing each schema in ``<tools>``; an assistant tool call is
+    ``<tool_call>\\n{"name": ..., "arguments": {...}}\\n</tool_call>`` after its text; consecutive tool results are
+    one ``user`` turn of ``<tool_response>\\n...\\n</tool_response>`` blocks."""
+
+    name, family = "chatml", "Qwen2 / ChatML"
     special_tokens = ("<|im_start|>", "<|im_end|>")
     default_system_prompt = QWEN2_DEFAULT_SYSTEM
+    supports_tools = True
+    document_tokens = (None, "<|endoftext|>")
 
-    def turn(self, role, content, last):
-        loss = role == "assistant"
-        return [_control("<|im_start|>"), Piece(role + "\n"), Piece(content, loss), _control("<|im_end|>", loss),
-                Piece("\n")]
+    def render(self, messages, add_generation_prompt=False, tools=None):
+        msgs = list(messages)
+        out: List[Piece] = []
+        if tools:
+            system = msgs[0].content if msgs and msgs[0].role == "system" else (self.system_text or "")
+            if msgs and msgs[0].role == "system":
+                msgs = msgs[1:]
+            text = system + QWEN_TOOLS_INTRO + "".join("\n" + tojson(t) for t in tools) + QWEN_TOOLS_OUTRO
+            out += [_control("<|im_start|>"), Piece("system\n" + text), _control("<|im_end|>"), Piece("\n")]
+        for k, m in enumerate(msgs):
+            if m.role != "tool":
+                out += self.turn(m, k == len(msgs) - 1)
+                continue
+            first = k == 0 or msgs[k - 1].role != "tool"
+            last = k == len(msgs) - 1 or msgs[k + 1].role != "tool"
+            out += ([_control("<|im_start|>"), Piece("user")] if first else [])
+            out.append(Piece("\n<tool_response>\n" + m.content + "\n</tool_response>"))
+            out += [_control("<|im_end|>"), Piece("\n")] if last else []
+        if add_generation_prompt:
+            out += self.generation_prompt()
+        return out
+
+    def turn(self, m, last):
+        loss = m.trained
+        body = m.content
+        if m.tool_calls:
+            calls = ['<tool_call>\n{"name": "' + c.name + '", "arguments": ' + tojson(c.arguments) + '}\n</tool_call>'
+                     for c in m.tool_calls]
+            body = "\n".join(([m.content] if m.content else []) + calls)
+        return [_control("<|im_start|>"), Piece(m.role + "\n"), Piece(body, loss, boundary=m.role == "assistant"),
+                _control("<|im_end|>", loss), Piece("\n")]
 
     def generation_prompt(self):
         return [_control("<|im_start|>"), Piece("assistant\n")]
@@ -218,18 +344,21 @@ class ChatMLTemplate(TurnTemplate):
 class BaichuanTemplate(TurnTemplate):
     """Baichuan2-Chat (``build_chat_input``): system text first, user turns ``<reserved_106>content``, assistant
     turns ``<reserved_107>content``, nothing between turns; a conversation ending with an assistant turn ends with
-    ``</s>`` (fine-tune.py's end-of-sequence target). Loss on assistant content and that final ``</s>``."""
+    ``</s>`` (fine-tune.py's end-of-sequence target). Loss on assistant content and that final ``</s>``.
+    No tool format."""
 
-    name = "baichuan"
+    name, family = "baichuan", "Baichuan2"
     special_tokens = ("<reserved_106>", "<reserved_107>", "</s>")
+    document_tokens = (None, "</s>")
 
-    def turn(self, role, content, last):
-        if role == "system":
-            return [Piece(content)]
-        if role == "user":
-            return [_control("<reserved_106>"), Piece(content)]
-        end = [_control("</s>", True)] if last else []
-        return [_control("<reserved_107>"), Piece(content, True)] + end
+    def turn(self, m, last):
+        if m.role == "system":
+            return [Piece(m.content)]
+        if m.role == "user":
+            return [_control("<reserved_106>"), Piece(m.content)]
+        loss = m.trained
+        end = [_control("</s>", loss)] if last else []
+        return [_control("<reserved_107>"), Piece(m.content, loss, boundary=True)] + end
 
     def generation_prompt(self):
         return [_control("<reserved_107>")]

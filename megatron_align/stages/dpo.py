@@ -183,7 +183,7 @@ def open_unpaired(path: str, cfg, template, vocab_size=None):
     from megatron_align.data.preference import UnpairedDataset
 
     path = single_path(path, "KTO")
-    return UnpairedDataset(path, template, cfg.seq_length, cfg.overlong, cfg.on_bad_line, vocab_size)
+    return UnpairedDataset(path, template, cfg.seq_length, cfg.overlong, cfg.on_bad_line, vocab_size, cfg.format)
 
 
 def _summed_response_logps(inputs, output) -> Dict[int, float]:

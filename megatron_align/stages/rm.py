@@ -18,7 +18,7 @@ def open_pairs(path: str, cfg, template, vocab_size=None):
     from megatron_align.data.preference import PreferenceDataset
 
     path = single_path(path, "preference")
-    return PreferenceDataset(path, template, cfg.seq_length, cfg.overlong, cfg.on_bad_line, vocab_size)
+    return PreferenceDataset(path, template, cfg.seq_length, cfg.overlong, cfg.on_bad_line, vocab_size, cfg.format)
 
 
 def normalize_scores(datasets: List, mode: str, score_range=None) -> Dict[str, Dict[str, float]]:

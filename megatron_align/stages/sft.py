@@ -23,7 +23,7 @@ def eval_categories(dataset) -> List[str]:
 def data_summary(train) -> str:
     st = train.stats
     line = (f"{len(train)} samples (truncated {st.n_truncated}, dropped {st.n_dropped}, "
-            f"skipped bad lines {st.n_skipped_bad})")
+            f"skipped bad lines {st.n_skipped_bad}, nothing to train {st.n_nothing_to_train})")
     mixture = getattr(train, "summary", None)  # a mixture: each dataset's share of samples and trained tokens
     return line + (f", mixture [{mixture()}]" if mixture else "")
 

@@ -119,8 +119,8 @@ def test_logprobs_tp_not_dividing_heads(zoo, tmp_path, capsys):
 def test_logprobs_errors_name_the_line(zoo, tmp_path, capsys):
     assert _logprobs(zoo, tmp_path, [{"input_ids": [1, 2]}, {"input_ids": list(range(17))}]) == 2
     assert "in.jsonl:2: sequence of 17 tokens is longer than --seq-length=16" in capsys.readouterr().err
-    assert _logprobs(zoo, tmp_path, [{"input_ids": [1, 2]}, {"text": "x"}]) == 2
-    assert "in.jsonl:2: expected an object with `input_ids` or `messages`" in capsys.readouterr().err
+    assert _logprobs(zoo, tmp_path, [{"input_ids": [1, 2]}, {"ids": [3]}]) == 2
+    assert "in.jsonl:2: unknown record format: keys [ids]; accepted: messages (messages)" in capsys.readouterr().err
     assert _logprobs(zoo, tmp_path, [{"input_ids": [1, 99999]}]) == 2
     assert "token id 99999 outside the vocabulary" in capsys.readouterr().err
 

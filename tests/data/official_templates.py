@@ -3,8 +3,10 @@
 Sources:
 - LLAMA3: ``chat_template`` of meta-llama/Meta-Llama-3-8B-Instruct, tokenizer_config.json.
 - LLAMA31: ``chat_template`` of meta-llama/Llama-3.1-8B-Instruct, tokenizer_config.json (the tool-calling
-  branches included; the test conversations have no tools, so they render the no-tools path).
-- QWEN2: ``chat_template`` of Qwen/Qwen2-7B-Instruct, tokenizer_config.json.
+  branches included; rendered with and without tools by the tests).
+- QWEN2: ``chat_template`` of Qwen/Qwen2-7B-Instruct, tokenizer_config.json (no tool format).
+- QWEN25: ``chat_template`` of Qwen/Qwen2.5-0.5B (tools: ``<tools>`` in the system turn, ``<tool_call>``,
+  ``<tool_response>``), below.
 - Baichuan2-7B-Chat has no Jinja template: its chat input is ``build_chat_input`` in generation_utils.py and its
   training sample is ``SupervisedDataset.preprocessing`` in the Baichuan2 repository's fine-tune/fine-tune.py;
   both are re-stated as the reference functions below (user_token_id 195 = <reserved_106>, assistant_token_id
@@ -174,3 +176,62 @@ def baichuan2_finetune_sample(encode, messages, user_id, assistant_id, eos_id, i
             input_ids += [assistant_id] + value
             labels += [ignore] + value
     return input_ids + [eos_id], labels + [eos_id]
+
+# ``chat_template`` of Qwen/Qwen2.5-0.5B, tokenizer_config.json (the Qwen2.5 family's tool-calling template; its
+# default system prompt is Qwen2's, "You are a helpful assistant."; the -Instruct models write "You are Qwen,
+# created by Alibaba Cloud. You are a helpful assistant." there and are otherwise identical).
+QWEN25 = r'''{%- if tools %}
+    {{- '<|im_start|>system\n' }}
+    {%- if messages[0]['role'] == 'system' %}
+        {{- messages[0]['content'] }}
+    {%- else %}
+        {{- 'You are a helpful assistant.' }}
+    {%- endif %}
+    {{- "\n\n# Tools\n\nYou may call one or more functions to assist with the user query.\n\nYou are provided with function signatures within <tools></tools> XML tags:\n<tools>" }}
+    {%- for tool in tools %}
+        {{- "\n" }}
+        {{- tool | tojson }}
+    {%- endfor %}
+    {{- "\n</tools>\n\nFor each function call, return a json object with function name and arguments within <tool_call></tool_call> XML tags:\n<tool_call>\n{\"name\": <function-name>, \"arguments\": <args-json-object>}\n</tool_call><|im_end|>\n" }}
+{%- else %}
+    {%- if messages[0]['role'] == 'system' %}
+        {{- '<|im_start|>system\n' + messages[0]['content'] + '<|im_end|>\n' }}
+    {%- else %}
+        {{- '<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n' }}
+    {%- endif %}
+{%- endif %}
+{%- for message in messages %}
+    {%- if (message.role == "user") or (message.role == "system" and not loop.first) or (message.role == "assistant" and not message.tool_calls) %}
+        {{- '<|im_start|>' + message.role + '\n' + message.content + '<|im_end|>' + '\n' }}
+    {%- elif message.role == "assistant" %}
+        {{- '<|im_start|>' + message.role }}
+        {%- if message.content %}
+            {{- '\n' + message.content }}
+        {%- endif %}
+        {%- for tool_call in message.tool_calls %}
+            {%- if tool_call.function is defined %}
+                {%- set tool_call = tool_call.function %}
+            {%- endif %}
+            {{- '\n<tool_call>\n{"name": "' }}
+            {{- tool_call.name }}
+            {{- '", "arguments": ' }}
+            {{- tool_call.arguments | tojson }}
+            {{- '}\n</tool_call>' }}
+        {%- endfor %}
+        {{- '<|im_end|>\n' }}
+    {%- elif message.role == "tool" %}
+        {%- if (loop.index0 == 0) or (messages[loop.index0 - 1].role != "tool") %}
+            {{- '<|im_start|>user' }}
+        {%- endif %}
+        {{- '\n<tool_response>\n' }}
+        {{- message.content }}
+        {{- '\n</tool_response>' }}
+        {%- if loop.last or (messages[loop.index0 + 1].role != "tool") %}
+            {{- '<|im_end|>\n' }}
+        {%- endif %}
+    {%- endif %}
+{%- endfor %}
+{%- if add_generation_prompt %}
+    {{- '<|im_start|>assistant\n' }}
+{%- endif %}
+'''

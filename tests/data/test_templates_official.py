@@ -8,7 +8,8 @@ from megatron_align.data.chat_jinja import JinjaTemplate, TemplateError
 from megatron_align.data.templates import build_template
 from megatron_align.data.tokenizer import ChatTokenizer
 
-from official_templates import (LLAMA3, LLAMA31, QWEN2, baichuan2_build_chat_input, baichuan2_finetune_sample)
+from official_templates import (LLAMA3, LLAMA31, QWEN2, QWEN25, baichuan2_build_chat_input,
+                                baichuan2_finetune_sample)
 from tiny_real_tokenizers import make_bpe_dir, make_sentencepiece_dir
 
 U, A, S = "user", "assistant", "system"
@@ -167,3 +168,114 @@ def test_tokenizer_files_to_carry(tmp_path, dirs):
     assert tok.chat_template == QWEN2 and build_template("auto", tok).source.endswith("chat_template.jinja")
     assert [os.path.basename(f) for f in ChatTokenizer(dirs["chatml"]).files()] == ["tokenizer.json",
                                                                                      "tokenizer_config.json"]
+
+
+# -- tool calling: the built-in llama3.1 / chatml and `auto` against the official Llama-3.1 and Qwen2.5 templates --
+TOOLS = [{"type": "function", "function": {"name": "get_weather", "description": "Weather of a city (°C)",
+                                           "parameters": {"type": "object", "properties": {
+                                               "city": {"type": "string"}, "unit": {"type": "string"}},
+                                               "required": ["city"]}}},
+         {"type": "function", "function": {"name": "local_time", "description": "Time in a city",
+                                           "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}]
+
+
+def _call(name, **args):
+    return {"type": "function", "function": {"name": name, "arguments": args}}
+
+
+TOOL_CONVERSATIONS = {
+    "one_call": [{"role": "user", "content": "Weather in Paris?"},
+                 {"role": "assistant", "content": "", "tool_calls": [_call("get_weather", city="Paris")]},
+                 {"role": "tool", "content": "18 C, sunny"},
+                 {"role": "assistant", "content": "It is 18 C and sunny in Paris."}],
+    "system_two_rounds": [{"role": "system", "content": "You are a travel helper."},
+                          {"role": "user", "content": "Weather in Zürich?"},
+                          {"role": "assistant", "content": "", "tool_calls": [_call("get_weather", city="Zürich",
+                                                                                     unit="C")]},
+                          {"role": "tool", "content": "{\"temp\": 9}"},
+                          {"role": "assistant", "content": "9 degrees."},
+                          {"role": "user", "content": "And the time?"},
+                          {"role": "assistant", "content": "", "tool_calls": [_call("local_time", city="Zürich")]},
+                          {"role": "tool", "content": "10:42"},
+                          {"role": "assistant", "content": "It is 10:42."}],
+}
+# Qwen2.5 also renders several calls in one turn (after the turn's text) and groups consecutive tool results
+TOOL_CONVERSATIONS_QWEN = {
+    "parallel": [{"role": "user", "content": "Weather and time in Rome?"},
+                 {"role": "assistant", "content": "Let me check both.",
+                  "tool_calls": [_call("get_weather", city="Rome"), _call("local_time", city="Rome")]},
+                 {"role": "tool", "content": "21 C"}, {"role": "tool", "content": "15:00"},
+                 {"role": "assistant", "content": "21 C at 15:00."}],
+}
+TOOL_CASES = [("llama3.1", "llama3", LLAMA31, TOOL_CONVERSATIONS),
+              ("chatml", "qwen2", QWEN25, {**TOOL_CONVERSATIONS, **TOOL_CONVERSATIONS_QWEN})]
+
+
+def _expected_trained(name, msgs):
+    """What the trained tokens must decode to: each assistant turn as the official template writes it + its end."""
+    import json
+
+    out = []
+    for m in msgs:
+        if m["role"] != "assistant":
+            continue
+        calls = [c["function"] for c in m.get("tool_calls", [])]
+        if name == "llama3.1":
+            body = (json.dumps({"name": calls[0]["name"], "parameters": calls[0]["arguments"]}, ensure_ascii=False)
+                    if calls else m["content"].strip())
+        else:
+            body = "\n".join(([m["content"]] if m["content"] else []) + [
+                '<tool_call>\n{"name": "%s", "arguments": %s}\n</tool_call>'
+                % (c["name"], json.dumps(c["arguments"], ensure_ascii=False)) for c in calls])
+        out.append(body + END[name])
+    return "".join(out)
+
+
+@pytest.mark.parametrize("name,kind,jinja,convs", TOOL_CASES, ids=[c[0] for c in TOOL_CASES])
+def test_tool_calls_equal_the_official_template(tmp_path, name, kind, jinja, convs):
+    from megatron_align.data.schema import parse_messages
+
+    d = make_bpe_dir(str(tmp_path / name), kind, jinja)
+    hf, tok = _hf(d), ChatTokenizer(d)
+    builtin, auto = build_template(name, tok), build_template("auto", tok)
+    for key, conv in convs.items():
+        msgs = parse_messages(conv, "messages")
+        for gen, upto in ((False, len(conv)), (True, len(conv) - 1)):
+            want = hf.apply_chat_template(conv[:upto], tools=TOOLS, tokenize=False, add_generation_prompt=gen)
+            want_ids = list(hf.apply_chat_template(conv[:upto], tools=TOOLS, tokenize=True, return_dict=True,
+                                                   add_generation_prompt=gen)["input_ids"])
+            for t in (builtin, auto):
+                assert t.render_text(msgs[:upto], gen, tools=TOOLS) == want, (name, key, gen, t.name)
+                assert t.encode(msgs[:upto], gen, tools=TOOLS).ids == want_ids, (name, key, gen, t.name)
+        b, a = builtin.encode(msgs, tools=TOOLS), auto.encode(msgs, tools=TOOLS)
+        assert b.target_mask == a.target_mask, (name, key)
+        trained = [i for i, m in zip(b.ids, b.target_mask) if m]
+        assert tok.decode(trained) == _expected_trained(name, conv), (name, key)
+        # a call flagged off (weight 0) is not trained; the answer still is
+        flagged = [dict(m, weight=0) if m.get("tool_calls") else m for m in conv]
+        fb, fa = (t.encode(parse_messages(flagged, "messages"), tools=TOOLS) for t in (builtin, auto))
+        assert fb.ids == b.ids and fb.target_mask == fa.target_mask
+        assert tok.decode([i for i, m in zip(fb.ids, fb.target_mask) if m]) == _expected_trained(
+            name, [m for m in conv if not m.get("tool_calls")])
+
+
+def test_families_without_a_tool_format_refuse_tools(tmp_path):
+    from megatron_align.data.schema import RecordError, parse_messages
+
+    msgs = parse_messages(TOOL_CONVERSATIONS["one_call"], "messages")
+    tok = ChatTokenizer(make_bpe_dir(str(tmp_path / "l3"), "llama3", LLAMA3))
+    for t in (build_template("llama3", tok), build_template("auto", tok)):
+        with pytest.raises(RecordError, match=r"messages\[1\].tool_calls: .*(llama3.*Llama-3|does not render)"):
+            t.encode(msgs)
+        with pytest.raises(RecordError, match=r"tools: .*(Llama-3|does not render 'get_weather')"):
+            t.encode(msgs[:1], tools=TOOLS)
+    sp = ChatTokenizer(make_sentencepiece_dir(str(tmp_path / "sp")))
+    with pytest.raises(RecordError, match=r"messages\[1\].tool_calls: chat template 'baichuan' \(Baichuan2\)"):
+        build_template("baichuan", sp).encode(msgs)
+    qwen2 = ChatTokenizer(make_bpe_dir(str(tmp_path / "q2"), "qwen2", QWEN2))  # Qwen2's own template: no tools
+    with pytest.raises(RecordError, match="does not render 'get_weather'"):
+        build_template("auto", qwen2).encode(msgs)
+    l31 = build_template("llama3.1", ChatTokenizer(make_bpe_dir(str(tmp_path / "l31"), "llama3", LLAMA31)))
+    two = parse_messages(TOOL_CONVERSATIONS_QWEN["parallel"], "messages")
+    with pytest.raises(RecordError, match="one tool call per assistant turn, got 2"):
+        l31.encode(two, tools=TOOLS)
