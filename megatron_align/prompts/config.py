@@ -31,7 +31,7 @@ class EmbeddingConfig:
              "model's 1_Pooling config says, then L2 norm); 'hashing': a model-free hashed bag of word uni+bigrams "
              "(lexical only: for benchmarks and dry runs)")
     embeddings: Optional[str] = help_field(
-        None, help="precomputed embeddings (.npy, one row per valid input record in file order); skips the model")
+        None, help="precomputed embeddings (.npy, row i = the i-th non-blank line of the input); skips the model")
     batch_size: int = help_field(64, help="texts per forward pass of the embedding model")
     chunk_size: int = help_field(4096, help="prompts read, scored and embedded per streamed chunk")
     max_length: Optional[int] = help_field(
@@ -94,6 +94,7 @@ class ClusterConfig:
         help="clusters per level, coarse first: level 1 splits all prompts, each later level splits every cluster "
              "of the level above (the report's layered clustering); 0 = auto (ceil(sqrt(n / 2)) for n prompts)")
     niter: int = help_field(20, help="k-means iterations")
+    n_init: int = help_field(3, help="k-means runs from different seedings per clustering; the best objective wins")
     max_points_per_centroid: int = help_field(
         256, help="k-means trains on at most k * this many sampled points, then assigns every prompt")
     backend: str = help_field("auto", choices=ANN_BACKENDS,
@@ -105,8 +106,9 @@ class ClusterConfig:
         for i, k in enumerate(self.levels):
             if k < 0:
                 raise ValueError(f"cluster.levels[{i}] must be >= 0 (0 = auto), got {k}")
-        if self.niter < 1 or self.max_points_per_centroid < 1:
-            raise ValueError("cluster.niter and cluster.max_points_per_centroid must be >= 1")
+        for key in ("niter", "n_init", "max_points_per_centroid"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"cluster.{key} must be >= 1, got {getattr(self, key)}")
 
 
 @dataclass

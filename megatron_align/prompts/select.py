@@ -1,0 +1,244 @@
+"""``prompts select``: stream -> quality cut -> identical-text dedup -> embed + MinHash -> text dedup ->
+embedding dedup -> layered clustering -> diversity sampling -> the selected lines, annotated.
+
+Memory model (per prompt that passes the quality cut and is not an identical duplicate; texts are never kept):
+the embedding row (``dim * 2`` bytes in float16, 768 B for MiniLM), the LSH band keys (``bands * 8``, 168 B by
+default), offset, record number, quality, category, duplicate count (~36 B), and one entry of the
+identical-text hash table (~100 B): about 1.1 KB, so 1M prompts take ~1.1 GB, plus the faiss IVF index
+(another ``dim * 2`` bytes per prompt) while near-duplicates are searched. Streamed chunks hold
+``embedding.chunk_size`` texts. Candidate pairs of the MinHash stage read their two lines again by offset to
+confirm the exact Jaccard; the output pass reads the selected lines again by offset.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+
+from megatron_align.errors import UserError
+from megatron_align.prompts.config import SelectConfig
+from megatron_align.prompts.dedup import fold_counts, greedy_dedup, priority_order
+from megatron_align.prompts.minhash import normalise
+from megatron_align.prompts.reader import count_lines, iter_prompts, prompt_text, read_at
+
+
+@dataclass
+class Summary:
+    """Counts of one run; ``read = malformed + low_quality + exact_dups + near_dups + candidates`` and
+    ``selected <= candidates``."""
+
+    read: int = 0
+    malformed: int = 0
+    low_quality: int = 0
+    exact_dups: int = 0
+    near_dups: int = 0
+    candidates: int = 0
+    selected: int = 0
+    embedder: str = ""
+    clusters: List[int] = field(default_factory=list)
+    out: str = ""
+
+
+class _Store:
+    """Growing per-candidate arrays (capacity: the file's line count)."""
+
+    def __init__(self, cap: int, bands: int) -> None:
+        self.n = 0
+        self.offset = np.zeros(cap, dtype=np.int64)
+        self.record = np.zeros(cap, dtype=np.int64)
+        self.quality = np.zeros(cap, dtype=np.float32)
+        self.category = np.full(cap, -1, dtype=np.int32)
+        self.dup_count = np.zeros(cap, dtype=np.int64)
+        self.keys = np.zeros((cap, bands), dtype=np.uint64)
+        self.emb: Optional[np.ndarray] = None
+
+    def trim(self) -> None:
+        for name in ("offset", "record", "quality", "category", "dup_count", "keys"):
+            setattr(self, name, getattr(self, name)[:self.n])
+        if self.emb is not None:
+            self.emb = self.emb[:self.n]
+
+
+def _progress(enabled: bool, **kw):
+    from tqdm.auto import tqdm
+
+    return tqdm(disable=not enabled, file=sys.stderr, dynamic_ncols=True, **kw)
+
+
+def _category_code(obj: Dict[str, Any], field_name: str, codes: Dict[str, int]) -> int:
+    value = obj.get(field_name)
+    if value is None:
+        return -1
+    return codes.setdefault(str(value), len(codes))
+
+
+def _stream(path: str, cfg: SelectConfig, scorer, embed_rows, hasher, summary: Summary,
+            codes: Dict[str, int]) -> _Store:
+    """Pass 1: read, score, drop low quality and identical texts, embed and MinHash the rest in chunks."""
+    store = _Store(count_lines(path), hasher.bands if hasher is not None else 0)
+    seen: Dict[bytes, int] = {}
+    keep_quality = cfg.dedup.keep == "quality"
+    chunk_texts: List[str] = []
+    chunk_idx: List[int] = []
+
+    def flush() -> None:
+        if not chunk_idx:
+            return
+        idx = np.asarray(chunk_idx)
+        rows = embed_rows(chunk_texts, store.record[idx])
+        if store.emb is None:
+            store.emb = np.zeros((len(store.offset), rows.shape[1]), dtype=cfg.embedding.dtype)
+        elif rows.shape[1] != store.emb.shape[1]:
+            raise UserError(f"embedding dimension changed from {store.emb.shape[1]} to {rows.shape[1]}")
+        store.emb[idx] = rows
+        if hasher is not None:
+            store.keys[idx] = hasher.keys(chunk_texts)
+        chunk_texts.clear()
+        chunk_idx.clear()
+
+    skipped: List[int] = []
+    bar = _progress(cfg.progress, total=len(store.offset), desc="read+embed", unit="prompt")
+    n_valid = 0
+    for _, offset, text, obj in iter_prompts(path, cfg.on_bad_line, skipped):
+        record_no = n_valid + len(skipped)  # the row of a precomputed embedding: the n-th non-blank line
+        n_valid += 1
+        bar.update(1)
+        q = scorer(text, obj)
+        if q < cfg.quality.min_quality:
+            summary.low_quality += 1
+            continue
+        digest = hashlib.blake2b(normalise(text).encode("utf-8"), digest_size=16).digest()
+        first = seen.get(digest)
+        if first is not None:
+            summary.exact_dups += 1
+            store.dup_count[first] += 1
+            if keep_quality and q > store.quality[first]:  # an identical text that scores higher represents
+                store.offset[first], store.record[first], store.quality[first] = offset, record_no, q
+                store.category[first] = _category_code(obj, cfg.selection.category_field, codes)
+            continue
+        i = store.n
+        store.n += 1
+        seen[digest] = i
+        store.offset[i], store.record[i], store.quality[i] = offset, record_no, q
+        store.category[i] = _category_code(obj, cfg.selection.category_field, codes)
+        chunk_texts.append(text)
+        chunk_idx.append(i)
+        if len(chunk_idx) >= cfg.embedding.chunk_size:
+            flush()
+    flush()
+    bar.close()
+    summary.malformed = len(skipped)
+    summary.read = n_valid + len(skipped)
+    store.trim()
+    if store.emb is None:
+        store.emb = np.zeros((0, 1), dtype=cfg.embedding.dtype)
+    return store
+
+
+def _texts_at(path: str, store: _Store, idx: np.ndarray):
+    by_offset = {int(store.offset[i]): int(i) for i in idx}
+    for off, obj in read_at(path, by_offset):
+        yield by_offset[off], prompt_text(obj)
+
+
+def _dedup_stage(n_alive_mask: np.ndarray, pairs: np.ndarray, store: _Store, keep: str) -> int:
+    """Greedy-dedup the alive items over ``pairs`` (global indices); returns how many were removed."""
+    alive = np.flatnonzero(n_alive_mask)
+    if len(pairs) == 0:
+        return 0
+    local = np.full(len(n_alive_mask), -1, dtype=np.int64)
+    local[alive] = np.arange(len(alive))
+    lp = local[pairs]
+    lp = lp[(lp >= 0).all(axis=1)]
+    rep = greedy_dedup(len(alive), lp, priority_order(store.quality[alive], keep))
+    grep = np.where(rep >= 0, alive[np.maximum(rep, 0)], -1)
+    full = np.full(len(n_alive_mask), -1, dtype=np.int64)
+    full[alive] = grep
+    fold_counts(store.dup_count, full)
+    gone = alive[rep >= 0]
+    n_alive_mask[gone] = False
+    return len(gone)
+
+
+def select_prompts(input_path: str, out_path: str, cfg: SelectConfig, base_dir: str = "") -> Summary:
+    """Run the whole selection; writes ``out_path`` (atomically) and returns the counts."""
+    from megatron_align.prompts.embed import PrecomputedEmbeddings, build_embedder
+    from megatron_align.prompts.kmeans import hierarchical
+    from megatron_align.prompts.minhash import BandHasher, candidate_pairs, confirm_pairs
+    from megatron_align.prompts.neighbors import cosine_pairs
+    from megatron_align.prompts.quality import QualityScorer
+    from megatron_align.prompts.sample import select_with_quotas
+
+    if os.path.abspath(input_path) == os.path.abspath(out_path):
+        raise UserError(f"--out {out_path} is the input file")
+    summary = Summary(out=out_path)
+    scorer = QualityScorer(cfg.quality, base_dir)
+    if cfg.embedding.embeddings:
+        pre = PrecomputedEmbeddings(cfg.embedding.embeddings)
+        summary.embedder = f"precomputed:{cfg.embedding.embeddings}"
+
+        def embed_rows(texts, records):
+            return pre.take(records)
+    else:
+        embedder = build_embedder(cfg.embedding)
+        summary.embedder = embedder.name
+
+        def embed_rows(texts, records):
+            return embedder.embed(texts)
+    d = cfg.dedup
+    hasher = BandHasher(d.num_perm, d.lsh_threshold, d.shingle_size) if d.minhash else None
+    codes: Dict[str, int] = {}
+    store = _stream(input_path, cfg, scorer, embed_rows, hasher, summary, codes)
+    alive = np.ones(store.n, dtype=bool)
+
+    if hasher is not None and store.n > 1:
+        cand = candidate_pairs(store.keys)
+        involved = np.unique(cand)
+        pairs = confirm_pairs(cand, _texts_at(input_path, store, involved), d.shingle_size, d.jaccard_threshold)
+        summary.exact_dups += _dedup_stage(alive, pairs, store, d.keep)
+    if d.embedding and alive.sum() > 1:
+        idx = np.flatnonzero(alive)
+        pairs = cosine_pairs(store.emb[idx], d.threshold, backend=d.backend, index=d.index,
+                             exact_max=d.exact_max, nprobe=d.nprobe, seed=cfg.selection.seed)
+        summary.near_dups += _dedup_stage(alive, idx[pairs] if len(pairs) else pairs, store, d.keep)
+
+    idx = np.flatnonzero(alive)
+    summary.candidates = len(idx)
+    c = cfg.cluster
+    clusters = hierarchical(store.emb[idx], list(c.levels), niter=c.niter, seed=cfg.selection.seed,
+                            max_points_per_centroid=c.max_points_per_centroid, n_init=c.n_init, backend=c.backend)
+    summary.clusters = [int(clusters[:, lvl].max()) + 1 if len(idx) else 0 for lvl in range(clusters.shape[1])]
+    s = cfg.selection
+    target = len(idx) if s.target is None and s.fraction is None else (
+        s.target if s.target is not None else int(round(s.fraction * len(idx))))
+    quotas = {codes[k]: v for k, v in s.quotas.items() if k in codes}
+    picked = select_with_quotas(clusters, store.quality[idx], target, store.category[idx], quotas)
+    summary.selected = len(picked)
+    _write(input_path, out_path, store, idx[picked], clusters[picked])
+    return summary
+
+
+def _write(input_path: str, out_path: str, store: _Store, chosen: np.ndarray, clusters: np.ndarray) -> None:
+    info = {int(store.offset[i]): (i, clusters[k]) for k, i in enumerate(chosen)}
+    parent = os.path.dirname(os.path.abspath(out_path))
+    os.makedirs(parent, exist_ok=True)
+    tmp = f"{out_path}.tmp.{os.getpid()}"
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            for off, obj in read_at(input_path, info):
+                i, cl = info[off]
+                obj = dict(obj)
+                obj["cluster"] = [int(v) for v in cl]
+                obj["quality"] = round(float(store.quality[i]), 6)
+                obj["dup_count"] = int(store.dup_count[i])
+                f.write(json.dumps(obj, ensure_ascii=False) + "\n")
+        os.replace(tmp, out_path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
