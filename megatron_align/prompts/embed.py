@@ -180,6 +180,7 @@ def build_embedder(cfg: EmbeddingConfig) -> Embedder:
     if backend == "hashing":
         return EMBEDDERS["hashing"](cfg, "")
     path = cfg.model or default_model_path()
+    _check_model_dir(path)
     if backend == "auto":
         try:
             import sentence_transformers  # noqa: F401
