@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from typing import Dict, List, Optional
 
 from megatron_align.config.base import help_field
+from megatron_align.data.config import ON_BAD_LINE_CHOICES
 
-ON_BAD_LINE_CHOICES = ("error", "skip")  # = data.config.ON_BAD_LINE_CHOICES
 EMBED_BACKENDS = ("auto", "sentence-transformers", "transformers", "hashing")
 INDEX_CHOICES = ("auto", "exact", "ivf")
 ANN_BACKENDS = ("auto", "faiss", "numpy")

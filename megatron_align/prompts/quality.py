@@ -21,7 +21,6 @@ practicality, complexity and novelty; pass such a model's scores through ``quali
 from __future__ import annotations
 
 import re
-import unicodedata
 from typing import Any, Callable, Dict, Optional
 
 from megatron_align.errors import UserError
@@ -33,13 +32,17 @@ _URL = re.compile(r"https?://\S+")
 _FENCE = re.compile(r"```.*?(```|$)", re.DOTALL)
 
 
-def _is_cjk(ch: str) -> bool:
-    return unicodedata.name(ch, "").startswith(("CJK", "HIRAGANA", "KATAKANA", "HANGUL"))
+# CJK ideographs (+ extension A, compatibility), kana, hangul syllables
+_CJK = re.compile("[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff]")
+# control characters (not tab / newline / carriage return), U+FFFD, surrogates, private use
+_BAD = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ufffd\ud800-\udfff\ue000-\uf8ff]")
+_SPACE = re.compile(r"\s")
+_ALNUM = re.compile(r"[^\W_]")
 
 
 def length_score(text: str, min_chars: int, max_chars: int) -> float:
     stripped = text.strip()
-    n = len(stripped) + 2 * sum(_is_cjk(c) for c in stripped)
+    n = len(stripped) + 2 * len(_CJK.findall(stripped))
     if n < min_chars:
         return 0.0
     if n < 3 * min_chars:
@@ -50,13 +53,12 @@ def length_score(text: str, min_chars: int, max_chars: int) -> float:
 
 
 def char_score(text: str) -> float:
-    chars = [c for c in text if not c.isspace()]
-    if not chars:
+    n = len(text) - len(_SPACE.findall(text))
+    if n <= 0:
         return 0.0
-    alnum = sum(c.isalnum() for c in chars)
-    bad = sum(c == "\ufffd" or unicodedata.category(c) in ("Cc", "Cs", "Co") for c in chars)
-    ratio = alnum / len(chars)
-    return min(1.0, max(0.0, (ratio - 0.25) / 0.35)) * max(0.0, 1.0 - 10.0 * bad / len(chars))
+    ratio = len(_ALNUM.findall(text)) / n
+    bad = len(_BAD.findall(text))
+    return min(1.0, max(0.0, (ratio - 0.25) / 0.35)) * max(0.0, 1.0 - 10.0 * bad / n)
 
 
 def repetition_score(text: str) -> float:
@@ -77,7 +79,7 @@ def repetition_score(text: str) -> float:
 def clarity_score(text: str) -> float:
     stripped = text.strip()
     score = 1.0
-    if len(stripped.split()) <= 1 and sum(_is_cjk(c) for c in stripped) < 4:
+    if len(stripped.split()) <= 1 and len(_CJK.findall(stripped)) < 4:
         score *= 0.5
     letters = [c for c in stripped if c.isalpha()]
     if len(letters) >= 20 and sum(c.isupper() for c in letters) > 0.7 * len(letters):

@@ -16,6 +16,8 @@ import hashlib
 import json
 import os
 import sys
+import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
@@ -43,6 +45,7 @@ class Summary:
     embedder: str = ""
     clusters: List[int] = field(default_factory=list)
     out: str = ""
+    seconds: Dict[str, float] = field(default_factory=dict)  # wall time per stage
 
 
 class _Store:
@@ -141,6 +144,13 @@ def _stream(path: str, cfg: SelectConfig, scorer, embed_rows, hasher, summary: S
     return store
 
 
+@contextmanager
+def _timed(summary: Summary, stage: str):
+    t0 = time.perf_counter()
+    yield
+    summary.seconds[stage] = round(summary.seconds.get(stage, 0.0) + time.perf_counter() - t0, 3)
+
+
 def _texts_at(path: str, store: _Store, idx: np.ndarray):
     by_offset = {int(store.offset[i]): int(i) for i in idx}
     for off, obj in read_at(path, by_offset):
@@ -194,33 +204,40 @@ def select_prompts(input_path: str, out_path: str, cfg: SelectConfig, base_dir: 
     d = cfg.dedup
     hasher = BandHasher(d.num_perm, d.lsh_threshold, d.shingle_size) if d.minhash else None
     codes: Dict[str, int] = {}
-    store = _stream(input_path, cfg, scorer, embed_rows, hasher, summary, codes)
+    with _timed(summary, "read_score_embed"):
+        store = _stream(input_path, cfg, scorer, embed_rows, hasher, summary, codes)
     alive = np.ones(store.n, dtype=bool)
 
     if hasher is not None and store.n > 1:
-        cand = candidate_pairs(store.keys)
-        involved = np.unique(cand)
-        pairs = confirm_pairs(cand, _texts_at(input_path, store, involved), d.shingle_size, d.jaccard_threshold)
-        summary.exact_dups += _dedup_stage(alive, pairs, store, d.keep)
+        with _timed(summary, "minhash_dedup"):
+            cand = candidate_pairs(store.keys)
+            involved = np.unique(cand)
+            pairs = confirm_pairs(cand, _texts_at(input_path, store, involved), d.shingle_size,
+                                  d.jaccard_threshold)
+            summary.exact_dups += _dedup_stage(alive, pairs, store, d.keep)
     if d.embedding and alive.sum() > 1:
-        idx = np.flatnonzero(alive)
-        pairs = cosine_pairs(store.emb[idx], d.threshold, backend=d.backend, index=d.index,
-                             exact_max=d.exact_max, nprobe=d.nprobe, seed=cfg.selection.seed)
-        summary.near_dups += _dedup_stage(alive, idx[pairs] if len(pairs) else pairs, store, d.keep)
+        with _timed(summary, "embedding_dedup"):
+            idx = np.flatnonzero(alive)
+            pairs = cosine_pairs(store.emb[idx], d.threshold, backend=d.backend, index=d.index,
+                                 exact_max=d.exact_max, nprobe=d.nprobe, seed=cfg.selection.seed)
+            summary.near_dups += _dedup_stage(alive, idx[pairs] if len(pairs) else pairs, store, d.keep)
 
     idx = np.flatnonzero(alive)
     summary.candidates = len(idx)
     c = cfg.cluster
-    clusters = hierarchical(store.emb[idx], list(c.levels), niter=c.niter, seed=cfg.selection.seed,
-                            max_points_per_centroid=c.max_points_per_centroid, n_init=c.n_init, backend=c.backend)
+    with _timed(summary, "cluster"):
+        clusters = hierarchical(store.emb[idx], list(c.levels), niter=c.niter, seed=cfg.selection.seed,
+                                max_points_per_centroid=c.max_points_per_centroid, n_init=c.n_init,
+                                backend=c.backend)
     summary.clusters = [int(clusters[:, lvl].max()) + 1 if len(idx) else 0 for lvl in range(clusters.shape[1])]
     s = cfg.selection
     target = len(idx) if s.target is None and s.fraction is None else (
         s.target if s.target is not None else int(round(s.fraction * len(idx))))
     quotas = {codes[k]: v for k, v in s.quotas.items() if k in codes}
-    picked = select_with_quotas(clusters, store.quality[idx], target, store.category[idx], quotas)
-    summary.selected = len(picked)
-    _write(input_path, out_path, store, idx[picked], clusters[picked])
+    with _timed(summary, "sample_write"):
+        picked = select_with_quotas(clusters, store.quality[idx], target, store.category[idx], quotas)
+        summary.selected = len(picked)
+        _write(input_path, out_path, store, idx[picked], clusters[picked])
     return summary
 
 

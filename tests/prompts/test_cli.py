@@ -5,9 +5,7 @@ import json
 import numpy as np
 import pytest
 
-pytest.importorskip("datasketch")
-
-from megatron_align.cli import main  # noqa: E402
+from megatron_align.cli import main
 
 GOOD = [
     {"prompt": "How do I read a large CSV file in Python without running out of memory?"},

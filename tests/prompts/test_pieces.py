@@ -39,7 +39,6 @@ def _brute_pairs(x, thr):
 
 
 def test_minhash_finds_every_pair_above_the_jaccard_threshold():
-    pytest.importorskip("datasketch")
     from megatron_align.prompts.minhash import BandHasher, candidate_pairs, confirm_pairs, jaccard, shingles
 
     rng = random.Random(3)
@@ -57,6 +56,33 @@ def test_minhash_finds_every_pair_above_the_jaccard_threshold():
     want = {(i, j) for i, j in itertools.combinations(range(len(texts)), 2) if jaccard(sets[i], sets[j]) >= 0.8}
     assert len(want) >= 15 and got == want
     assert (h.bands, h.rows) == (21, 6)
+
+
+def test_minhash_estimates_jaccard_like_datasketch():
+    """Our signatures' agreement rate estimates the exact Jaccard as well as datasketch's MinHash does."""
+    datasketch = pytest.importorskip("datasketch")
+    from megatron_align.prompts.minhash import BandHasher, jaccard, shingles
+
+    rng = random.Random(0)
+    vocab = [f"w{i}" for i in range(200)]
+    pairs = []
+    for _ in range(300):
+        words = [rng.choice(vocab) for _ in range(20)]
+        edited = list(words)
+        for _ in range(rng.randrange(8)):
+            edited[rng.randrange(20)] = rng.choice(vocab)
+        pairs.append((" ".join(words), " ".join(edited)))
+    texts = [t for p in pairs for t in p]
+    exact = np.array([jaccard(shingles(a, 5), shingles(b, 5)) for a, b in pairs])
+    sig = BandHasher(128, 0.6, 5).signatures(texts)
+    ours = (sig[0::2] == sig[1::2]).mean(axis=1)
+    mh = datasketch.MinHash.bulk([[s.encode() for s in shingles(t, 5)] for t in texts], num_perm=128)
+    ref = np.array([mh[2 * i].jaccard(mh[2 * i + 1]) for i in range(len(pairs))])
+    assert 0.3 < exact.mean() < 0.9 and exact.std() > 0.1
+    ref_err, our_err = np.abs(ref - exact).mean(), np.abs(ours - exact).mean()
+    assert ref_err < 0.04 and our_err < 1.3 * ref_err
+    assert abs((ours - exact).mean()) < 0.01  # unbiased
+    assert sig.dtype == np.uint64 and int(sig.max()) < 2**32
 
 
 def test_cosine_pairs_backends_match_brute_force():

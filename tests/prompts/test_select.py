@@ -5,12 +5,9 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import make_config, read_jsonl
 
-pytest.importorskip("datasketch")
-
-from conftest import make_config, read_jsonl  # noqa: E402
-
-from megatron_align.prompts.select import select_prompts  # noqa: E402
+from megatron_align.prompts.select import select_prompts
 
 
 def _purity(labels, truth):
