@@ -44,7 +44,7 @@ def band_shape(num_perm: int, threshold: float) -> Tuple[int, int]:
     return best[1], best[2]
 
 
-_SUB = 256  # texts per vectorised block ([shingles, num_perm] uint64: ~16 MB)
+_SUB = 64  # texts per vectorised block ([shingles, num_perm] uint64: a few MB)
 
 
 def _mix64(h: np.ndarray) -> np.ndarray:

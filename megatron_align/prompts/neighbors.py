@@ -74,11 +74,11 @@ def _faiss_index(x: np.ndarray, index: str, nprobe: int, seed: int):
         idx = faiss.IndexIVFScalarQuantizer(quantizer, d, nlist, faiss.ScalarQuantizer.QT_fp16,
                                             faiss.METRIC_INNER_PRODUCT)
         rng = np.random.default_rng(seed)
-        sample = np.sort(rng.choice(len(x), size=min(len(x), nlist * 64), replace=False))
+        sample = np.sort(rng.choice(len(x), size=min(len(x), nlist * 40), replace=False))  # faiss wants >= 39
         idx.train(np.ascontiguousarray(x[sample], dtype=np.float32))
         idx.nprobe = min(nprobe, nlist)
-    for s in range(0, len(x), 1 << 16):
-        idx.add(np.ascontiguousarray(x[s:s + (1 << 16)], dtype=np.float32))
+    for s in range(0, len(x), 1 << 14):  # float32 copies of 16k rows at a time
+        idx.add(np.ascontiguousarray(x[s:s + (1 << 14)], dtype=np.float32))
     return idx
 
 
