@@ -121,7 +121,8 @@ class QualityConfig:
         "auto", choices=QUALITY_MODES,
         help="quality = 'heuristic' score, the user 'function', their 'min' or 'product'; "
              "'auto': the function when given, else the heuristic")
-    min_chars: int = help_field(8, help="heuristic: prompts shorter than this (stripped) score 0")
+    min_chars: int = help_field(8, help="heuristic: prompts shorter than this (stripped; a CJK character counts 3) "
+                                        "score 0")
     max_chars: int = help_field(20000, help="heuristic: longer prompts are penalised")
 
 
@@ -135,7 +136,8 @@ class SelectionConfig:
         default_factory=dict,
         help="category -> number selected from it (capped by what it has); the rest of the target is shared by "
              "the unlisted categories; sampling inside a category stays spread across clusters")
-    seed: int = help_field(1234, help="seed of k-means and the sampling order")
+    seed: int = help_field(1234, help="seed of the k-means seedings and samples and of the IVF training sample "
+                                      "(the sampling itself is deterministic: water-filling, then quality)")
 
     def validate(self) -> None:
         if self.target is not None and self.fraction is not None:

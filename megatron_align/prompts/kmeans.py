@@ -11,7 +11,7 @@ labelling whatever backend or seeding found it. Level ``l + 1`` runs this inside
 from __future__ import annotations
 
 import math
-from typing import List, Optional
+from typing import List
 
 import numpy as np
 
@@ -112,8 +112,7 @@ def spherical_kmeans(x: np.ndarray, k: int, *, niter: int = 20, seed: int = 0, m
 
 
 def hierarchical(x: np.ndarray, levels: List[int], *, niter: int = 20, seed: int = 0,
-                 max_points_per_centroid: int = 256, n_init: int = 3, backend: str = "auto",
-                 progress: Optional[object] = None) -> np.ndarray:
+                 max_points_per_centroid: int = 256, n_init: int = 3, backend: str = "auto") -> np.ndarray:
     """int64 [n, len(levels)]: the cluster id of each row at each level (level ids global, canonical)."""
     n = len(x)
     out = np.zeros((n, len(levels)), dtype=np.int64)
@@ -130,7 +129,5 @@ def hierarchical(x: np.ndarray, levels: List[int], *, niter: int = 20, seed: int
             bounds = np.searchsorted(labels[order], np.arange(n_clusters + 1))
             nxt.extend(members[order[bounds[c]:bounds[c + 1]]] for c in range(n_clusters))
             base += n_clusters
-            if progress is not None:
-                progress.update(1)
         parents = nxt
     return out

@@ -15,8 +15,6 @@ sets do (always for ``exact``). Backends:
 from __future__ import annotations
 
 import math
-from typing import Optional
-
 import numpy as np
 
 from megatron_align.errors import UserError
@@ -95,8 +93,7 @@ def _faiss_candidates(x: np.ndarray, radius: float, index: str, nprobe: int, see
 
 
 def cosine_pairs(x: np.ndarray, threshold: float, *, backend: str = "auto", index: str = "auto",
-                 exact_max: int = 50000, nprobe: int = 16, seed: int = 0,
-                 progress: Optional[object] = None) -> np.ndarray:
+                 exact_max: int = 50000, nprobe: int = 16, seed: int = 0) -> np.ndarray:
     """int64 [m, 2] pairs (i < j) of rows of ``x`` with cosine >= ``threshold``, sorted."""
     if len(x) < 2:
         return np.zeros((0, 2), dtype=np.int64)

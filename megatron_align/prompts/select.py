@@ -4,8 +4,9 @@ embedding dedup -> layered clustering -> diversity sampling -> the selected line
 Memory model (per prompt that passes the quality cut and is not an identical duplicate; texts are never kept):
 the embedding row (``dim * 2`` bytes in float16, 768 B for MiniLM), the LSH band keys (``bands * 8``, 168 B by
 default), offset, record number, quality, category, duplicate count (~36 B), and one entry of the
-identical-text hash table (~100 B): about 1.1 KB, so 1M prompts take ~1.1 GB, plus the faiss IVF index
-(another ``dim * 2`` bytes per prompt) while near-duplicates are searched. Streamed chunks hold
+identical-text hash table (~100 B): about 1.1 KB, so 1M prompts take ~1.1 GB; the peak, while near-duplicates
+are searched and clusters trained, is ~4x the float16 matrix (a copy of the surviving rows, the faiss IVF
+index, the float32 k-means sample; docs/prompt-selection.md has the measured figures). Streamed chunks hold
 ``embedding.chunk_size`` texts. Candidate pairs of the MinHash stage read their two lines again by offset to
 confirm the exact Jaccard; the output pass reads the selected lines again by offset.
 """
@@ -157,22 +158,22 @@ def _texts_at(path: str, store: _Store, idx: np.ndarray):
         yield by_offset[off], prompt_text(obj)
 
 
-def _dedup_stage(n_alive_mask: np.ndarray, pairs: np.ndarray, store: _Store, keep: str) -> int:
-    """Greedy-dedup the alive items over ``pairs`` (global indices); returns how many were removed."""
-    alive = np.flatnonzero(n_alive_mask)
+def _dedup_stage(alive_mask: np.ndarray, pairs: np.ndarray, store: _Store, keep: str) -> int:
+    """Greedy-dedup the alive items over ``pairs`` (global indices), in place; returns how many were removed."""
+    alive = np.flatnonzero(alive_mask)
     if len(pairs) == 0:
         return 0
-    local = np.full(len(n_alive_mask), -1, dtype=np.int64)
+    local = np.full(len(alive_mask), -1, dtype=np.int64)
     local[alive] = np.arange(len(alive))
     lp = local[pairs]
     lp = lp[(lp >= 0).all(axis=1)]
     rep = greedy_dedup(len(alive), lp, priority_order(store.quality[alive], keep))
     grep = np.where(rep >= 0, alive[np.maximum(rep, 0)], -1)
-    full = np.full(len(n_alive_mask), -1, dtype=np.int64)
+    full = np.full(len(alive_mask), -1, dtype=np.int64)
     full[alive] = grep
     fold_counts(store.dup_count, full)
     gone = alive[rep >= 0]
-    n_alive_mask[gone] = False
+    alive_mask[gone] = False
     return len(gone)
 
 
