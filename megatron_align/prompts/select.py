@@ -216,18 +216,21 @@ def select_prompts(input_path: str, out_path: str, cfg: SelectConfig, base_dir: 
             pairs = confirm_pairs(cand, _texts_at(input_path, store, involved), d.shingle_size,
                                   d.jaccard_threshold)
             summary.exact_dups += _dedup_stage(alive, pairs, store, d.keep)
-    if d.embedding and alive.sum() > 1:
+    # from here on only the surviving rows: the line-count-sized matrix is released
+    rows_of = np.flatnonzero(alive)
+    x, store.emb = store.emb[rows_of], None
+    if d.embedding and len(rows_of) > 1:
         with _timed(summary, "embedding_dedup"):
-            idx = np.flatnonzero(alive)
-            pairs = cosine_pairs(store.emb[idx], d.threshold, backend=d.backend, index=d.index,
+            pairs = cosine_pairs(x, d.threshold, backend=d.backend, index=d.index,
                                  exact_max=d.exact_max, nprobe=d.nprobe, seed=cfg.selection.seed)
-            summary.near_dups += _dedup_stage(alive, idx[pairs] if len(pairs) else pairs, store, d.keep)
+            summary.near_dups += _dedup_stage(alive, rows_of[pairs] if len(pairs) else pairs, store, d.keep)
 
     idx = np.flatnonzero(alive)
+    x = x[np.isin(rows_of, idx)]
     summary.candidates = len(idx)
     c = cfg.cluster
     with _timed(summary, "cluster"):
-        clusters = hierarchical(store.emb[idx], list(c.levels), niter=c.niter, seed=cfg.selection.seed,
+        clusters = hierarchical(x, list(c.levels), niter=c.niter, seed=cfg.selection.seed,
                                 max_points_per_centroid=c.max_points_per_centroid, n_init=c.n_init,
                                 backend=c.backend)
     summary.clusters = [int(clusters[:, lvl].max()) + 1 if len(idx) else 0 for lvl in range(clusters.shape[1])]

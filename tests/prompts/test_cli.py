@@ -76,3 +76,34 @@ def test_print_config_lists_every_section(capsys):
     text = capsys.readouterr().out
     for key in ("embedding:", "dedup:", "cluster:", "quality:", "selection:", "target: 7"):
         assert key in text
+
+
+def test_yaml_config_and_flags(tmp_path, capsys):
+    """Keys from --config, overridden by dotted overrides, overridden by flags; 'prompt' as chat messages."""
+    lines = GOOD + [{"prompt": [{"role": "system", "content": "s"},
+                                {"role": "user", "content": "Explain Python decorators with a short example."}]}]
+    src = _write(tmp_path / "in.jsonl", lines)
+    cfg = tmp_path / "sel.yaml"
+    cfg.write_text("embedding:\n  backend: hashing\ncluster:\n  levels: [2]\nselection:\n  target: 1\n")
+    out = tmp_path / "o.jsonl"
+    rc = main(["prompts", "select", "--input", src, "--out", str(out), "--config", str(cfg), "--no-progress",
+               "selection.target=4", "--target", "3"])
+    summary = json.loads(capsys.readouterr().out)
+    assert rc == 0 and summary["selected"] == 3 and summary["clusters"] == [2] and summary["embedder"] == "hashing"
+    assert len(out.read_text().splitlines()) == 3
+
+
+def test_benchmark_script_runs(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    script = os.path.join(os.path.dirname(__file__), "..", "..", "tools", "bench", "prompt_select.py")
+    res = subprocess.run([sys.executable, script, "--sizes", "600", "--no-embedders", "--workdir", str(tmp_path)],
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    row = json.loads(res.stdout.strip().splitlines()[-1])
+    s = row["summary"]
+    assert row["n"] == 600 and row["prompts_per_s"] > 0 and row["peak_rss_over_imports_mb"] >= 0
+    assert s["read"] == s["low_quality"] + s["exact_dups"] + s["near_dups"] + s["candidates"]
+    assert s["exact_dups"] > 20 and s["near_dups"] > 5 and s["selected"] == round(0.5 * s["candidates"])
