@@ -6,7 +6,6 @@ import os
 import numpy as np
 import pytest
 
-from megatron_align.prompts.config import SelectConfig
 
 TINY = os.path.join(os.path.dirname(__file__), "..", "..", "megatron_align", "assets", "tiny", "prompts.jsonl")
 
@@ -51,21 +50,3 @@ def tiny_embeddings(tmp_path_factory, tiny_records, minilm):
     path = tmp_path_factory.mktemp("emb") / "tiny.npy"
     np.save(path, x)
     return str(path)
-
-
-def make_config(embeddings=None, **sections) -> SelectConfig:
-    """SelectConfig with progress off, the given .npy, and per-section overrides {"dedup": {...}, ...}."""
-    from megatron_align.config.base import from_dict
-
-    data = {"progress": False, **{k: v for k, v in sections.items() if not isinstance(v, dict)}}
-    for name, values in sections.items():
-        if isinstance(values, dict):
-            data[name] = dict(values)
-    if embeddings is not None:
-        data.setdefault("embedding", {})["embeddings"] = embeddings
-    return from_dict(SelectConfig, data)
-
-
-def read_jsonl(path):
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]

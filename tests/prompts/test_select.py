@@ -5,7 +5,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import make_config, read_jsonl
+from helpers.prompt_select import make_config, read_jsonl
 
 from megatron_align.prompts.select import select_prompts
 
