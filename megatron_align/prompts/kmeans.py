@@ -16,6 +16,7 @@ from typing import List
 import numpy as np
 
 from megatron_align.prompts.neighbors import resolve_backend
+from megatron_align.prompts.progress import bar as progress_bar
 
 BLOCK = 8192
 
@@ -112,14 +113,15 @@ def spherical_kmeans(x: np.ndarray, k: int, *, niter: int = 20, seed: int = 0, m
 
 
 def hierarchical(x: np.ndarray, levels: List[int], *, niter: int = 20, seed: int = 0,
-                 max_points_per_centroid: int = 256, n_init: int = 3, backend: str = "auto") -> np.ndarray:
+                 max_points_per_centroid: int = 256, n_init: int = 3, backend: str = "auto",
+                 progress: bool = False) -> np.ndarray:
     """int64 [n, len(levels)]: the cluster id of each row at each level (level ids global, canonical)."""
     n = len(x)
     out = np.zeros((n, len(levels)), dtype=np.int64)
     parents = [np.arange(n)]
     for lvl, k in enumerate(levels):
         nxt, base = [], 0
-        for members in parents:
+        for members in progress_bar(progress, iterable=parents, desc=f"cluster level {lvl + 1}", unit="cluster"):
             kk = k if k > 0 else auto_k(len(members))
             labels = spherical_kmeans(x[members], kk, niter=niter, seed=seed + lvl, backend=backend,
                                       max_points_per_centroid=max_points_per_centroid, n_init=n_init)

@@ -18,6 +18,7 @@ import math
 import numpy as np
 
 from megatron_align.errors import UserError
+from megatron_align.prompts.progress import bar as progress_bar
 
 MARGIN = 1e-2  # candidates are searched this far below the threshold, then confirmed exactly
 BLOCK = 2048
@@ -47,9 +48,10 @@ def exact_cosines(x: np.ndarray, pairs: np.ndarray) -> np.ndarray:
     return out
 
 
-def _numpy_candidates(x: np.ndarray, radius: float) -> np.ndarray:
+def _numpy_candidates(x: np.ndarray, radius: float, progress) -> np.ndarray:
     found = []
     for s in range(0, len(x), BLOCK):
+        progress.update(min(BLOCK, len(x) - s))
         q = x[s:s + BLOCK].astype(np.float32)
         for t in range(s, len(x), BLOCK):
             sims = q @ x[t:t + BLOCK].astype(np.float32).T
@@ -80,10 +82,11 @@ def _faiss_index(x: np.ndarray, index: str, nprobe: int, seed: int):
     return idx
 
 
-def _faiss_candidates(x: np.ndarray, radius: float, index: str, nprobe: int, seed: int) -> np.ndarray:
+def _faiss_candidates(x: np.ndarray, radius: float, index: str, nprobe: int, seed: int, progress) -> np.ndarray:
     idx = _faiss_index(x, index, nprobe, seed)
     found = []
     for s in range(0, len(x), BLOCK):
+        progress.update(min(BLOCK, len(x) - s))
         lims, _, ids = idx.range_search(np.ascontiguousarray(x[s:s + BLOCK], dtype=np.float32), radius)
         lims = lims.astype(np.int64)
         rows = np.repeat(np.arange(s, s + len(lims) - 1), np.diff(lims))
@@ -93,7 +96,7 @@ def _faiss_candidates(x: np.ndarray, radius: float, index: str, nprobe: int, see
 
 
 def cosine_pairs(x: np.ndarray, threshold: float, *, backend: str = "auto", index: str = "auto",
-                 exact_max: int = 50000, nprobe: int = 16, seed: int = 0) -> np.ndarray:
+                 exact_max: int = 50000, nprobe: int = 16, seed: int = 0, progress: bool = False) -> np.ndarray:
     """int64 [m, 2] pairs (i < j) of rows of ``x`` with cosine >= ``threshold``, sorted."""
     if len(x) < 2:
         return np.zeros((0, 2), dtype=np.int64)
@@ -103,7 +106,8 @@ def cosine_pairs(x: np.ndarray, threshold: float, *, backend: str = "auto", inde
     if index == "ivf" and backend != "faiss":
         raise UserError("dedup.index=ivf needs faiss (pip install faiss-cpu); numpy searches exactly only")
     radius = threshold - MARGIN
-    cand = (_numpy_candidates(x, radius) if backend == "numpy"
-            else _faiss_candidates(x, radius, index, nprobe, seed)).astype(np.int64)
+    with progress_bar(progress, total=len(x), desc=f"near-dups ({backend} {index})", unit="prompt") as bar:
+        cand = (_numpy_candidates(x, radius, bar) if backend == "numpy"
+                else _faiss_candidates(x, radius, index, nprobe, seed, bar)).astype(np.int64)
     cand = cand[exact_cosines(x, cand) >= threshold]
     return np.unique(cand, axis=0) if len(cand) else np.zeros((0, 2), dtype=np.int64)

@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -28,6 +27,7 @@ from megatron_align.errors import UserError
 from megatron_align.prompts.config import SelectConfig
 from megatron_align.prompts.dedup import fold_counts, greedy_dedup, priority_order
 from megatron_align.prompts.minhash import normalise
+from megatron_align.prompts.progress import bar as progress_bar
 from megatron_align.prompts.reader import count_lines, iter_prompts, prompt_text, read_at
 
 
@@ -69,12 +69,6 @@ class _Store:
             self.emb = self.emb[:self.n]
 
 
-def _progress(enabled: bool, **kw):
-    from tqdm.auto import tqdm
-
-    return tqdm(disable=not enabled, file=sys.stderr, dynamic_ncols=True, **kw)
-
-
 def _category_code(obj: Dict[str, Any], field_name: str, codes: Dict[str, int]) -> int:
     value = obj.get(field_name)
     if value is None:
@@ -107,7 +101,7 @@ def _stream(path: str, cfg: SelectConfig, scorer, embed_rows, hasher, summary: S
         chunk_idx.clear()
 
     skipped: List[int] = []
-    bar = _progress(cfg.progress, total=len(store.offset), desc="read+embed", unit="prompt")
+    bar = progress_bar(cfg.progress, total=len(store.offset), desc="read+embed", unit="prompt")
     n_valid = 0
     for _, offset, text, obj in iter_prompts(path, cfg.on_bad_line, skipped):
         record_no = n_valid + len(skipped)  # the row of a precomputed embedding: the n-th non-blank line
@@ -221,8 +215,8 @@ def select_prompts(input_path: str, out_path: str, cfg: SelectConfig, base_dir: 
     x, store.emb = store.emb[rows_of], None
     if d.embedding and len(rows_of) > 1:
         with _timed(summary, "embedding_dedup"):
-            pairs = cosine_pairs(x, d.threshold, backend=d.backend, index=d.index,
-                                 exact_max=d.exact_max, nprobe=d.nprobe, seed=cfg.selection.seed)
+            pairs = cosine_pairs(x, d.threshold, backend=d.backend, index=d.index, exact_max=d.exact_max,
+                                 nprobe=d.nprobe, seed=cfg.selection.seed, progress=cfg.progress)
             summary.near_dups += _dedup_stage(alive, rows_of[pairs] if len(pairs) else pairs, store, d.keep)
 
     idx = np.flatnonzero(alive)
@@ -232,7 +226,7 @@ def select_prompts(input_path: str, out_path: str, cfg: SelectConfig, base_dir: 
     with _timed(summary, "cluster"):
         clusters = hierarchical(x, list(c.levels), niter=c.niter, seed=cfg.selection.seed,
                                 max_points_per_centroid=c.max_points_per_centroid, n_init=c.n_init,
-                                backend=c.backend)
+                                backend=c.backend, progress=cfg.progress)
     summary.clusters = [int(clusters[:, lvl].max()) + 1 if len(idx) else 0 for lvl in range(clusters.shape[1])]
     s = cfg.selection
     target = len(idx) if s.target is None and s.fraction is None else (
