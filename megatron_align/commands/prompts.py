@@ -37,7 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--embedding-model", default=None, metavar="PATH",
                    help="local sentence-embedding model (default: the packaged all-MiniLM-L6-v2)")
     p.add_argument("--embeddings", default=None, metavar="FILE.npy",
-                   help="precomputed embeddings, row i = the i-th non-blank input line (skips the model)")
+                   help="precomputed embeddings, row i = the i-th record (non-blank line, bad ones included)")
     p.add_argument("--embedding-backend", default=None,
                    help="auto | sentence-transformers | transformers | hashing")
     p.add_argument("--target", type=int, default=None, help="number of prompts to select")

@@ -27,15 +27,6 @@ def iter_records(path: str, parse: Callable[[object], T], on_bad_line: str = "er
     raises ``DataError(path:line: reason)`` or, with ``on_bad_line="skip"``, is skipped and its line number
     appended to ``skipped``. A missing file, an empty file and a file with no valid record raise ``DataError``.
     """
-    for lineno, _, record in iter_records_at(path, parse, on_bad_line, skipped):
-        yield lineno, record
-
-
-def iter_records_at(path: str, parse: Callable[[object], T], on_bad_line: str = "error",
-                    skipped: Optional[List[int]] = None) -> Iterator[Tuple[int, int, T]]:
-    """:func:`iter_records` that also yields each line's byte offset: (line number, offset, record).
-
-    The offset lets a streaming reader keep a few bytes per record and read the line again later."""
     if on_bad_line not in ON_BAD_LINE_CHOICES:
         raise ValueError(f"on_bad_line must be one of {ON_BAD_LINE_CHOICES}, got {on_bad_line!r}")
     if not os.path.exists(path):
@@ -44,38 +35,32 @@ def iter_records_at(path: str, parse: Callable[[object], T], on_bad_line: str = 
         raise DataError(path, None, "is a directory, expected a JSONL file")
     skipped = [] if skipped is None else skipped
     n_good = n_records = 0
-    offset = 0
     with open(path, "rb") as f:
         for lineno, raw in enumerate(f, start=1):
-            start, offset = offset, offset + len(raw)
             if not raw.strip():
                 continue
             n_records += 1
             try:
-                record = parse(decode_json_line(raw))
+                try:
+                    text = raw.decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    raise ValueError(f"not valid UTF-8 ({exc.reason} at byte {exc.start})") from None
+                try:
+                    obj = json.loads(text)
+                except json.JSONDecodeError as exc:
+                    raise ValueError(f"malformed JSON: {exc.msg} (column {exc.colno})") from None
+                record = parse(obj)
             except ValueError as exc:
                 if on_bad_line == "error":
                     raise DataError(path, lineno, str(exc)) from None
                 skipped.append(lineno)
                 continue
             n_good += 1
-            yield lineno, start, record
+            yield lineno, record
     if n_records == 0:
         raise DataError(path, None, "file is empty (no JSONL records)")
     if n_good == 0:
         raise DataError(path, None, f"no valid record: all {n_records} records were bad and skipped")
-
-
-def decode_json_line(raw: bytes) -> object:
-    """One JSONL line -> its JSON value; ``ValueError(reason)`` for bad UTF-8 or bad JSON."""
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise ValueError(f"not valid UTF-8 ({exc.reason} at byte {exc.start})") from None
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"malformed JSON: {exc.msg} (column {exc.colno})") from None
 
 
 def iter_conversations(path: str, on_bad_line: str = "error",

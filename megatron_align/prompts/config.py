@@ -31,7 +31,8 @@ class EmbeddingConfig:
              "model's 1_Pooling config says, then L2 norm); 'hashing': a model-free hashed bag of word uni+bigrams "
              "(lexical only: for benchmarks and dry runs)")
     embeddings: Optional[str] = help_field(
-        None, help="precomputed embeddings (.npy, row i = the i-th non-blank line of the input); skips the model")
+        None, help="precomputed embeddings (.npy, row i = record i of the input: its i-th non-blank line, bad "
+                   "lines included); skips the model")
     batch_size: int = help_field(64, help="texts per forward pass of the embedding model")
     chunk_size: int = help_field(4096, help="prompts read, scored and embedded per streamed chunk")
     max_length: Optional[int] = help_field(

@@ -1,15 +1,19 @@
-"""Prompt records of a JSONL file: the text of a line, streamed with byte offsets, and read back by offset.
+"""Prompt records of a data file: the text of a record, streamed with its record number, and streamed again to
+pick records by number.
 
-A line is a JSON object with ``prompt`` (a string, or a list of chat messages), ``messages`` (the first user
-turn is the prompt) or ``text``; every other field is kept and written back with the selection. Only the
-offsets stay in memory between the passes; a selected line is read again from the file by its offset.
+A record is a JSON object with ``prompt`` (a string, or a list of chat messages), ``messages`` (the first user
+turn is the prompt) or ``text``; every other field is kept and written back with the selection. The file is
+read with :func:`megatron_align.data.jsonl.iter_records` (file:line errors, ``on_bad_line``), so every file
+type the data layer reads works here too. Between the passes only record numbers stay in memory: the record
+number of a line is its position among the records, bad ones included (row ``i`` of a precomputed
+embeddings file belongs to record ``i``).
 """
 
 from __future__ import annotations
 
-from typing import Any, Dict, Iterable, Iterator, List, Optional, Tuple
+from typing import Any, Container, Dict, Iterator, List, Optional, Tuple
 
-from megatron_align.data.jsonl import decode_json_line, iter_records_at
+from megatron_align.data.jsonl import iter_records
 
 TEXT_FIELDS = ("prompt", "messages", "text")
 
@@ -45,28 +49,19 @@ def _first_user_turn(value: Any, key: str) -> Optional[str]:
 
 
 def iter_prompts(path: str, on_bad_line: str = "error",
-                 skipped: Optional[List[int]] = None) -> Iterator[Tuple[int, int, str, Dict[str, Any]]]:
-    """Yield (line number, byte offset, prompt text, record) per valid line (errors: see iter_records_at)."""
-    for lineno, offset, (text, obj) in iter_records_at(path, lambda o: (prompt_text(o), o), on_bad_line, skipped):
-        yield lineno, offset, text, obj
+                 skipped: Optional[List[int]] = None) -> Iterator[Tuple[int, str, Dict[str, Any]]]:
+    """Yield (record number, prompt text, record) per valid record; bad ones raise or are appended to
+    ``skipped`` (see iter_records)."""
+    skipped = [] if skipped is None else skipped
+    n_valid = 0
+    for _, (text, obj) in iter_records(path, lambda o: (prompt_text(o), o), on_bad_line, skipped):
+        yield n_valid + len(skipped), text, obj
+        n_valid += 1
 
 
-def read_at(path: str, offsets: Iterable[int]) -> Iterator[Tuple[int, Dict[str, Any]]]:
-    """(offset, record) for the given byte offsets, in increasing offset order (one forward sweep)."""
-    with open(path, "rb") as f:
-        for off in sorted(set(int(o) for o in offsets)):
-            f.seek(off)
-            yield off, decode_json_line(f.readline())
-
-
-def count_lines(path: str, block: int = 1 << 24) -> int:
-    """Newline count (+1 for an unterminated last line): an upper bound of the records, to size arrays."""
-    n, last = 0, b"\n"
-    with open(path, "rb") as f:
-        while True:
-            buf = f.read(block)
-            if not buf:
-                break
-            n += buf.count(b"\n")
-            last = buf[-1:]
-    return n + (last != b"\n")
+def pick(path: str, records: Container[int], on_bad_line: str = "error"
+         ) -> Iterator[Tuple[int, str, Dict[str, Any]]]:
+    """Another pass: (record number, text, record) of the wanted record numbers, in file order."""
+    for no, text, obj in iter_prompts(path, on_bad_line):
+        if no in records:
+            yield no, text, obj

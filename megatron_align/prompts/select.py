@@ -3,12 +3,12 @@ embedding dedup -> layered clustering -> diversity sampling -> the selected line
 
 Memory model (per prompt that passes the quality cut and is not an identical duplicate; texts are never kept):
 the embedding row (``dim * 2`` bytes in float16, 768 B for MiniLM), the LSH band keys (``bands * 8``, 168 B by
-default), offset, record number, quality, category, duplicate count (~36 B), and one entry of the
-identical-text hash table (~100 B): about 1.1 KB, so 1M prompts take ~1.1 GB; the peak, while near-duplicates
-are searched and clusters trained, is ~4x the float16 matrix (a copy of the surviving rows, the faiss IVF
-index, the float32 k-means sample; docs/prompt-selection.md has the measured figures). Streamed chunks hold
-``embedding.chunk_size`` texts. Candidate pairs of the MinHash stage read their two lines again by offset to
-confirm the exact Jaccard; the output pass reads the selected lines again by offset.
+default), record number, quality, category, duplicate count (~28 B), and one entry of the identical-text hash
+table (~100 B): about 1.1 KB, so 1M prompts take ~1.1 GB; the peak, while near-duplicates are searched and
+clusters trained, is ~4x the float16 matrix (a copy of the surviving rows, the faiss IVF index, the float32
+k-means sample; docs/prompt-selection.md has the measured figures). Streamed chunks hold
+``embedding.chunk_size`` texts. The MinHash stage streams the file again to read the texts of its candidate
+pairs (exact Jaccard); the output pass streams it once more for the selected records.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import os
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List
 
 import numpy as np
 
@@ -28,7 +28,7 @@ from megatron_align.prompts.config import SelectConfig
 from megatron_align.prompts.dedup import fold_counts, greedy_dedup, priority_order
 from megatron_align.prompts.minhash import normalise
 from megatron_align.prompts.progress import bar as progress_bar
-from megatron_align.prompts.reader import count_lines, iter_prompts, prompt_text, read_at
+from megatron_align.prompts.reader import iter_prompts, pick
 
 
 @dataclass
@@ -50,23 +50,45 @@ class Summary:
 
 
 class _Store:
-    """Growing per-candidate arrays (capacity: the file's line count)."""
+    """Per-candidate arrays, grown by doubling; embeddings kept as the streamed chunks' row blocks."""
 
-    def __init__(self, cap: int, bands: int) -> None:
+    def __init__(self, bands: int, cap: int = 1 << 14) -> None:
         self.n = 0
-        self.offset = np.zeros(cap, dtype=np.int64)
         self.record = np.zeros(cap, dtype=np.int64)
         self.quality = np.zeros(cap, dtype=np.float32)
         self.category = np.full(cap, -1, dtype=np.int32)
         self.dup_count = np.zeros(cap, dtype=np.int64)
         self.keys = np.zeros((cap, bands), dtype=np.uint64)
-        self.emb: Optional[np.ndarray] = None
+        self.emb_blocks: List[np.ndarray] = []  # block j holds the rows of candidates [starts[j], starts[j+1])
+
+    _ARRAYS = ("record", "quality", "category", "dup_count", "keys")
+
+    def append(self) -> int:
+        if self.n == len(self.record):
+            for name in self._ARRAYS:
+                old = getattr(self, name)
+                new = np.zeros((2 * len(old),) + old.shape[1:], dtype=old.dtype)
+                if name == "category":
+                    new.fill(-1)
+                new[:len(old)] = old
+                setattr(self, name, new)
+        self.n += 1
+        return self.n - 1
 
     def trim(self) -> None:
-        for name in ("offset", "record", "quality", "category", "dup_count", "keys"):
-            setattr(self, name, getattr(self, name)[:self.n])
-        if self.emb is not None:
-            self.emb = self.emb[:self.n]
+        for name in self._ARRAYS:
+            setattr(self, name, getattr(self, name)[:self.n].copy())
+
+    def rows(self, idx: np.ndarray, dtype) -> np.ndarray:
+        """The embedding rows of candidates ``idx`` (sorted), as one matrix."""
+        if not self.emb_blocks:
+            return np.zeros((0, 1), dtype=dtype)
+        starts = np.cumsum([0] + [len(b) for b in self.emb_blocks])
+        parts = []
+        for j, block in enumerate(self.emb_blocks):
+            sel = idx[(idx >= starts[j]) & (idx < starts[j + 1])] - starts[j]
+            parts.append(block[sel])
+        return np.concatenate(parts)
 
 
 def _category_code(obj: Dict[str, Any], field_name: str, codes: Dict[str, int]) -> int:
@@ -79,7 +101,7 @@ def _category_code(obj: Dict[str, Any], field_name: str, codes: Dict[str, int]) 
 def _stream(path: str, cfg: SelectConfig, scorer, embed_rows, hasher, summary: Summary,
             codes: Dict[str, int]) -> _Store:
     """Pass 1: read, score, drop low quality and identical texts, embed and MinHash the rest in chunks."""
-    store = _Store(count_lines(path), hasher.bands if hasher is not None else 0)
+    store = _Store(hasher.bands if hasher is not None else 0)
     seen: Dict[bytes, int] = {}
     keep_quality = cfg.dedup.keep == "quality"
     chunk_texts: List[str] = []
@@ -90,21 +112,18 @@ def _stream(path: str, cfg: SelectConfig, scorer, embed_rows, hasher, summary: S
             return
         idx = np.asarray(chunk_idx)
         rows = embed_rows(chunk_texts, store.record[idx])
-        if store.emb is None:
-            store.emb = np.zeros((len(store.offset), rows.shape[1]), dtype=cfg.embedding.dtype)
-        elif rows.shape[1] != store.emb.shape[1]:
-            raise UserError(f"embedding dimension changed from {store.emb.shape[1]} to {rows.shape[1]}")
-        store.emb[idx] = rows
+        if store.emb_blocks and rows.shape[1] != store.emb_blocks[0].shape[1]:
+            raise UserError(f"embedding dimension changed from {store.emb_blocks[0].shape[1]} to {rows.shape[1]}")
+        store.emb_blocks.append(rows.astype(cfg.embedding.dtype))
         if hasher is not None:
             store.keys[idx] = hasher.keys(chunk_texts)
         chunk_texts.clear()
         chunk_idx.clear()
 
     skipped: List[int] = []
-    bar = progress_bar(cfg.progress, total=len(store.offset), desc="read+embed", unit="prompt")
+    bar = progress_bar(cfg.progress, desc="read+embed", unit="prompt")
     n_valid = 0
-    for _, offset, text, obj in iter_prompts(path, cfg.on_bad_line, skipped):
-        record_no = n_valid + len(skipped)  # the row of a precomputed embedding: the n-th non-blank line
+    for record_no, text, obj in iter_prompts(path, cfg.on_bad_line, skipped):
         n_valid += 1
         bar.update(1)
         q = scorer(text, obj)
@@ -117,13 +136,12 @@ def _stream(path: str, cfg: SelectConfig, scorer, embed_rows, hasher, summary: S
             summary.exact_dups += 1
             store.dup_count[first] += 1
             if keep_quality and q > store.quality[first]:  # an identical text that scores higher represents
-                store.offset[first], store.record[first], store.quality[first] = offset, record_no, q
+                store.record[first], store.quality[first] = record_no, q
                 store.category[first] = _category_code(obj, cfg.selection.category_field, codes)
             continue
-        i = store.n
-        store.n += 1
+        i = store.append()
         seen[digest] = i
-        store.offset[i], store.record[i], store.quality[i] = offset, record_no, q
+        store.record[i], store.quality[i] = record_no, q
         store.category[i] = _category_code(obj, cfg.selection.category_field, codes)
         chunk_texts.append(text)
         chunk_idx.append(i)
@@ -134,8 +152,6 @@ def _stream(path: str, cfg: SelectConfig, scorer, embed_rows, hasher, summary: S
     summary.malformed = len(skipped)
     summary.read = n_valid + len(skipped)
     store.trim()
-    if store.emb is None:
-        store.emb = np.zeros((0, 1), dtype=cfg.embedding.dtype)
     return store
 
 
@@ -146,10 +162,11 @@ def _timed(summary: Summary, stage: str):
     summary.seconds[stage] = round(summary.seconds.get(stage, 0.0) + time.perf_counter() - t0, 3)
 
 
-def _texts_at(path: str, store: _Store, idx: np.ndarray):
-    by_offset = {int(store.offset[i]): int(i) for i in idx}
-    for off, obj in read_at(path, by_offset):
-        yield by_offset[off], prompt_text(obj)
+def _texts_of(path: str, store: _Store, idx: np.ndarray, on_bad_line: str):
+    """(candidate, text) of candidates ``idx``, from another pass over the file."""
+    by_record = {int(store.record[i]): int(i) for i in idx}
+    for no, text, _ in pick(path, by_record, on_bad_line):
+        yield by_record[no], text
 
 
 def _dedup_stage(alive_mask: np.ndarray, pairs: np.ndarray, store: _Store, keep: str) -> int:
@@ -207,12 +224,13 @@ def select_prompts(input_path: str, out_path: str, cfg: SelectConfig, base_dir: 
         with _timed(summary, "minhash_dedup"):
             cand = candidate_pairs(store.keys)
             involved = np.unique(cand)
-            pairs = confirm_pairs(cand, _texts_at(input_path, store, involved), d.shingle_size,
+            pairs = confirm_pairs(cand, _texts_of(input_path, store, involved, cfg.on_bad_line), d.shingle_size,
                                   d.jaccard_threshold)
             summary.exact_dups += _dedup_stage(alive, pairs, store, d.keep)
     # from here on only the surviving rows: the line-count-sized matrix is released
     rows_of = np.flatnonzero(alive)
-    x, store.emb = store.emb[rows_of], None
+    x = store.rows(rows_of, cfg.embedding.dtype)
+    store.emb_blocks = []
     if d.embedding and len(rows_of) > 1:
         with _timed(summary, "embedding_dedup"):
             pairs = cosine_pairs(x, d.threshold, backend=d.backend, index=d.index, exact_max=d.exact_max,
@@ -235,19 +253,20 @@ def select_prompts(input_path: str, out_path: str, cfg: SelectConfig, base_dir: 
     with _timed(summary, "sample_write"):
         picked = select_with_quotas(clusters, store.quality[idx], target, store.category[idx], quotas)
         summary.selected = len(picked)
-        _write(input_path, out_path, store, idx[picked], clusters[picked])
+        _write(input_path, out_path, store, idx[picked], clusters[picked], cfg.on_bad_line)
     return summary
 
 
-def _write(input_path: str, out_path: str, store: _Store, chosen: np.ndarray, clusters: np.ndarray) -> None:
-    info = {int(store.offset[i]): (i, clusters[k]) for k, i in enumerate(chosen)}
+def _write(input_path: str, out_path: str, store: _Store, chosen: np.ndarray, clusters: np.ndarray,
+           on_bad_line: str) -> None:
+    info = {int(store.record[i]): (i, clusters[k]) for k, i in enumerate(chosen)}
     parent = os.path.dirname(os.path.abspath(out_path))
     os.makedirs(parent, exist_ok=True)
     tmp = f"{out_path}.tmp.{os.getpid()}"
     try:
         with open(tmp, "w", encoding="utf-8") as f:
-            for off, obj in read_at(input_path, info):
-                i, cl = info[off]
+            for no, _, obj in pick(input_path, info, on_bad_line):
+                i, cl = info[no]
                 obj = dict(obj)
                 obj["cluster"] = [int(v) for v in cl]
                 obj["quality"] = round(float(store.quality[i]), 6)

@@ -116,3 +116,23 @@ def test_embedding_row_count_mismatch_is_a_user_error(tmp_path, tiny_path):
     with pytest.raises(UserError, match="10 rows"):
         select_prompts(tiny_path, str(tmp_path / "o.jsonl"), make_config(str(emb)))
     assert not os.path.exists(tmp_path / "o.jsonl")
+
+
+def test_streamed_chunks_do_not_change_the_result(tmp_path, tiny_path, tiny_embeddings):
+    """Chunks of 7 prompts (8 embedding blocks, rows gathered across them) = one chunk; the store grows."""
+    from megatron_align.prompts.select import _Store
+
+    base = make_config(tiny_embeddings, cluster={"levels": [5, 2]}, selection={"target": 12})
+    small = make_config(tiny_embeddings, cluster={"levels": [5, 2]}, selection={"target": 12},
+                        embedding={"embeddings": tiny_embeddings, "chunk_size": 7})
+    a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    select_prompts(tiny_path, str(a), base)
+    select_prompts(tiny_path, str(b), small)
+    assert a.read_bytes() == b.read_bytes()
+    store = _Store(bands=3, cap=2)
+    for k in range(5):
+        i = store.append()
+        store.record[i], store.keys[i] = 10 + k, k
+    store.trim()
+    assert store.record.tolist() == [10, 11, 12, 13, 14] and store.category.tolist() == [-1] * 5
+    assert store.keys[:, 0].tolist() == [0, 1, 2, 3, 4]
