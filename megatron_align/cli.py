@@ -35,6 +35,7 @@ COMMANDS: Dict[str, Command] = {
     "merge": Command("megatron_align.commands.merge", "merge checkpoints: linear, task arithmetic, Model Stock, TIES, DARE"),
     "evaluate": Command("megatron_align.commands.evaluate", "eval loss of checkpoints, overall and per category"),
     "data": Command("megatron_align.commands.data", "preview: rendered samples with the trained spans marked"),
+    "pas": Command("megatron_align.commands.pas", "PAS: generate complements (teacher + critic), augment prompts, serve"),
 }
 
 

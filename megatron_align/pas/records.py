@@ -1,0 +1,146 @@
+"""Prompt records in, append-only results out.
+
+An input line is ``{"prompt": str}`` or ``{"messages": [{role, content}, ...]}`` ending with a user turn; every
+other field is kept. Each prompt has a stable id: the ``id_field`` of the line when present, else a hash of the
+prompt. Results are appended one line per prompt and flushed, so a killed run loses at most the batch in flight;
+a re-run skips every id already in the output (or in the dropped ledger) and repairs a half-written last line.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any, Dict, Iterable, List, Optional, Set
+
+from megatron_align.errors import UserError
+
+
+class PasInputError(UserError, ValueError):
+    """A bad prompt line or file; the message names ``file:line`` and the field."""
+
+
+@dataclass
+class PromptRecord:
+    """One input line: its id, the prompt text PAS works on (the last user turn) and the line as read."""
+
+    id: str
+    prompt: str
+    raw: Dict[str, Any]
+    where: str
+    category: Optional[str] = None
+
+
+def prompt_id(prompt_or_messages: Any) -> str:
+    """A stable id from the prompt itself: sha1 of its canonical JSON, 16 hex digits."""
+    blob = json.dumps(prompt_or_messages, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha1(blob.encode("utf-8")).hexdigest()[:16]
+
+
+def _prompt_of(rec: Dict[str, Any], where: str) -> str:
+    if "prompt" in rec:
+        text = rec["prompt"]
+        if not isinstance(text, str) or not text.strip():
+            raise PasInputError(f"{where}: field `prompt` must be a non-empty string")
+        return text
+    if "messages" in rec:
+        msgs = rec["messages"]
+        if not isinstance(msgs, list) or not msgs or not all(
+                isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+                for m in msgs):
+            raise PasInputError(f"{where}: field `messages` must be a non-empty list of {{role, content}} strings")
+        if msgs[-1]["role"] != "user" or not msgs[-1]["content"].strip():
+            raise PasInputError(f"{where}: field `messages` must end with a non-empty user turn (the prompt)")
+        return msgs[-1]["content"]
+    raise PasInputError(f"{where}: expected an object with `prompt` or `messages`")
+
+
+def read_prompts(path: str, id_field: Optional[str] = "id", category_field: Optional[str] = "category"
+                 ) -> List[PromptRecord]:
+    """Every record of ``path``; a malformed line raises naming ``path:line``."""
+    try:
+        f = open(path, encoding="utf-8")
+    except FileNotFoundError:
+        raise PasInputError(f"{path}: input file does not exist") from None
+    out: List[PromptRecord] = []
+    with f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            where = f"{path}:{lineno}"
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise PasInputError(f"{where}: not valid JSON ({e.msg})") from None
+            if not isinstance(rec, dict):
+                raise PasInputError(f"{where}: expected a JSON object")
+            prompt = _prompt_of(rec, where)
+            if id_field and id_field in rec:
+                rid = rec[id_field]
+                if not isinstance(rid, (str, int)) or isinstance(rid, bool) or str(rid) == "":
+                    raise PasInputError(f"{where}: field `{id_field}` must be a non-empty string or an integer")
+                rid = str(rid)
+            else:
+                rid = prompt_id(rec["prompt"] if "prompt" in rec else rec["messages"])
+            cat = rec.get(category_field) if category_field else None
+            out.append(PromptRecord(rid, prompt, rec, where, cat if isinstance(cat, str) else None))
+    return out
+
+
+def unique_by_id(records: Iterable[PromptRecord]) -> tuple:
+    """(first record of each id, number of later duplicates): a prompt is never generated twice."""
+    seen: Set[str] = set()
+    kept, dups = [], 0
+    for r in records:
+        if r.id in seen:
+            dups += 1
+            continue
+        seen.add(r.id)
+        kept.append(r)
+    return kept, dups
+
+
+@dataclass
+class AppendLog:
+    """A JSONL file appended one record per prompt; ``done`` holds the ids already in it."""
+
+    path: str
+    id_key: str = "id"
+    writable: bool = True  # False: read only (ranks that do not write leave a partial last line alone)
+    done: Set[str] = field(default_factory=set)
+    repaired_bytes: int = 0
+
+    def __post_init__(self) -> None:
+        if not os.path.exists(self.path):
+            return
+        with open(self.path, "rb") as f:
+            data = f.read()
+        cut = data.rfind(b"\n") + 1
+        if cut < len(data):  # a run killed mid-write: drop the partial last line
+            self.repaired_bytes = len(data) - cut
+            if self.writable:
+                with open(self.path, "r+b") as f:
+                    f.truncate(cut)
+            data = data[:cut]
+        for lineno, line in enumerate(data.decode("utf-8").splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                self.done.add(str(json.loads(line)[self.id_key]))
+            except (json.JSONDecodeError, KeyError, TypeError):
+                raise PasInputError(f"{self.path}:{lineno}: not a record of this tool (no `{self.id_key}`); "
+                                    f"resume needs the output of an earlier run or a new path") from None
+
+    def append(self, records: List[Dict[str, Any]]) -> None:
+        if not records:
+            return
+        if not self.writable:
+            raise RuntimeError(f"{self.path} was opened read-only")
+        os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+        with open(self.path, "a", encoding="utf-8") as f:
+            for rec in records:
+                f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        self.done.update(str(r[self.id_key]) for r in records)
