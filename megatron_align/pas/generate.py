@@ -19,37 +19,25 @@ from typing import Dict, List, Optional, Sequence
 
 from megatron_align.pas import formats
 from megatron_align.pas.config import PasGenerateConfig
-from megatron_align.pas.records import AppendLog, PasInputError, PromptRecord, read_prompts, unique_by_id
+from megatron_align.pas.records import AppendLog, PromptRecord, read_prompts, unique_by_id
 
 
 def read_golden(path: Optional[str]) -> List[formats.GoldenPair]:
-    """Golden (prompt, complement) pairs, ``{prompt, complement, category?}`` per line."""
-    if not path:
-        return []
-    try:
-        f = open(path, encoding="utf-8")
-    except FileNotFoundError:
-        raise PasInputError(f"{path}: few-shot file does not exist") from None
-    out = []
-    with f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise PasInputError(f"{where}: not valid JSON ({e.msg})") from None
-            if not isinstance(rec, dict):
-                raise PasInputError(f"{where}: expected a JSON object")
-            for key in ("prompt", "complement"):
-                if not isinstance(rec.get(key), str) or not rec[key].strip():
-                    raise PasInputError(f"{where}: field `{key}` must be a non-empty string")
-            cat = rec.get("category")
-            if cat is not None and not isinstance(cat, str):
-                raise PasInputError(f"{where}: field `category` must be a string")
-            out.append(formats.GoldenPair(rec["prompt"], rec["complement"], cat))
-    return out
+    """Golden (prompt, complement) pairs, ``{prompt, complement, category?}`` per line (errors name file:line)."""
+    from megatron_align.data.jsonl import iter_records
+
+    def parse(rec) -> formats.GoldenPair:
+        if not isinstance(rec, dict):
+            raise ValueError("expected a JSON object")
+        for key in ("prompt", "complement"):
+            if not isinstance(rec.get(key), str) or not rec[key].strip():
+                raise ValueError(f"field `{key}` must be a non-empty string")
+        cat = rec.get("category")
+        if cat is not None and not isinstance(cat, str):
+            raise ValueError("field `category` must be a string")
+        return formats.GoldenPair(rec["prompt"], rec["complement"], cat)
+
+    return [g for _, g in iter_records(path, parse)] if path else []
 
 
 def few_shot_for(golden: Sequence[formats.GoldenPair], category: Optional[str], k: int) -> List[formats.GoldenPair]:

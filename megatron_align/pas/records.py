@@ -18,7 +18,7 @@ from megatron_align.errors import UserError
 
 
 class PasInputError(UserError, ValueError):
-    """A bad prompt line or file; the message names ``file:line`` and the field."""
+    """A file this tool cannot resume from; the message names ``file:line``."""
 
 
 @dataclass
@@ -38,53 +38,48 @@ def prompt_id(prompt_or_messages: Any) -> str:
     return hashlib.sha1(blob.encode("utf-8")).hexdigest()[:16]
 
 
-def _prompt_of(rec: Dict[str, Any], where: str) -> str:
+def _prompt_of(rec: Any) -> str:
+    """The prompt text of a decoded line; ``ValueError(reason)`` names the field (the reader adds file:line)."""
+    if not isinstance(rec, dict):
+        raise ValueError("expected a JSON object")
     if "prompt" in rec:
         text = rec["prompt"]
         if not isinstance(text, str) or not text.strip():
-            raise PasInputError(f"{where}: field `prompt` must be a non-empty string")
+            raise ValueError("field `prompt` must be a non-empty string")
         return text
     if "messages" in rec:
         msgs = rec["messages"]
         if not isinstance(msgs, list) or not msgs or not all(
                 isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
                 for m in msgs):
-            raise PasInputError(f"{where}: field `messages` must be a non-empty list of {{role, content}} strings")
+            raise ValueError("field `messages` must be a non-empty list of {role, content} strings")
         if msgs[-1]["role"] != "user" or not msgs[-1]["content"].strip():
-            raise PasInputError(f"{where}: field `messages` must end with a non-empty user turn (the prompt)")
+            raise ValueError("field `messages` must end with a non-empty user turn (the prompt)")
         return msgs[-1]["content"]
-    raise PasInputError(f"{where}: expected an object with `prompt` or `messages`")
+    raise ValueError("expected an object with `prompt` or `messages`")
 
 
 def read_prompts(path: str, id_field: Optional[str] = "id", category_field: Optional[str] = "category"
                  ) -> List[PromptRecord]:
-    """Every record of ``path``; a malformed line raises naming ``path:line``."""
-    try:
-        f = open(path, encoding="utf-8")
-    except FileNotFoundError:
-        raise PasInputError(f"{path}: input file does not exist") from None
-    out: List[PromptRecord] = []
-    with f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise PasInputError(f"{where}: not valid JSON ({e.msg})") from None
-            if not isinstance(rec, dict):
-                raise PasInputError(f"{where}: expected a JSON object")
-            prompt = _prompt_of(rec, where)
-            if id_field and id_field in rec:
-                rid = rec[id_field]
-                if not isinstance(rid, (str, int)) or isinstance(rid, bool) or str(rid) == "":
-                    raise PasInputError(f"{where}: field `{id_field}` must be a non-empty string or an integer")
-                rid = str(rid)
-            else:
-                rid = prompt_id(rec["prompt"] if "prompt" in rec else rec["messages"])
-            cat = rec.get(category_field) if category_field else None
-            out.append(PromptRecord(rid, prompt, rec, where, cat if isinstance(cat, str) else None))
+    """Every record of ``path``; a malformed line raises a DataError naming ``path:line`` and the field."""
+    from megatron_align.data.jsonl import iter_records
+
+    def parse(rec: Any) -> PromptRecord:
+        prompt = _prompt_of(rec)
+        if id_field and id_field in rec:
+            rid = rec[id_field]
+            if not isinstance(rid, (str, int)) or isinstance(rid, bool) or str(rid) == "":
+                raise ValueError(f"field `{id_field}` must be a non-empty string or an integer")
+            rid = str(rid)
+        else:
+            rid = prompt_id(rec["prompt"] if "prompt" in rec else rec["messages"])
+        cat = rec.get(category_field) if category_field else None
+        return PromptRecord(rid, prompt, rec, "", cat if isinstance(cat, str) else None)
+
+    out = []
+    for lineno, r in iter_records(path, parse):
+        r.where = f"{path}:{lineno}"
+        out.append(r)
     return out
 
 

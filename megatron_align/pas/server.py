@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Dict, List, Optional, Tuple
 
-from megatron_align.errors import UserError
 from megatron_align.pas.config import SamplingSection
 from megatron_align.pas.teachers import Reply
 
@@ -97,24 +96,19 @@ class ReplayBackend:
     ``replies[k]`` (the last one repeats), so a reply sequence per prompt is deterministic under concurrency."""
 
     def __init__(self, path: str) -> None:
-        self.rules: List[Tuple[re.Pattern, List[str]]] = []
-        try:
-            f = open(path, encoding="utf-8")
-        except FileNotFoundError:
-            raise UserError(f"{path}: replies file does not exist") from None
-        with f:
-            for lineno, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    rule = json.loads(line)
-                    pattern = re.compile(rule["match"], re.DOTALL)
-                    replies = rule["replies"]
-                    assert isinstance(replies, list) and replies and all(isinstance(r, str) for r in replies)
-                except (json.JSONDecodeError, KeyError, TypeError, re.error, AssertionError):
-                    raise UserError(f"{path}:{lineno}: expected {{\"match\": regex, \"replies\": [str, ...]}}") \
-                        from None
-                self.rules.append((pattern, replies))
+        from megatron_align.data.jsonl import iter_records
+
+        def parse(rule) -> Tuple[re.Pattern, List[str]]:
+            replies = rule.get("replies") if isinstance(rule, dict) else None
+            if not (isinstance(replies, list) and replies and all(isinstance(r, str) for r in replies)
+                    and isinstance(rule.get("match"), str)):
+                raise ValueError('expected {"match": regex, "replies": [str, ...]}')
+            try:
+                return re.compile(rule["match"], re.DOTALL), replies
+            except re.error as e:
+                raise ValueError(f"field `match` is not a regular expression ({e})") from None
+
+        self.rules = [r for _, r in iter_records(path, parse)]
         self.seen: Dict[Tuple[int, str], int] = {}
         self.lock = threading.Lock()
 

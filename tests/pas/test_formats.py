@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from megatron_align.data.errors import DataError
 from megatron_align.data.schema import parse_record
 from megatron_align.pas import formats
 from megatron_align.pas.generate import few_shot_for, read_golden
@@ -67,7 +68,7 @@ def test_few_shot_selection(tmp_path):
     assert [g.prompt for g in few_shot_for(golden, "code", 5)] == ["u"]  # no code pairs: uncategorised ones
     assert [g.prompt for g in few_shot_for(golden, None, 5)] == ["u"]
     path.write_text('{"prompt": "p"}\n')
-    with pytest.raises(PasInputError, match=r"g\.jsonl:1: field `complement`"):
+    with pytest.raises(DataError, match=r"g\.jsonl:1: field `complement`"):
         read_golden(str(path))
 
 
@@ -89,7 +90,7 @@ def test_read_prompts_ids_and_fields(tmp_path):
 
 
 @pytest.mark.parametrize("line,msg", [
-    ("{not json", r"in\.jsonl:2: not valid JSON"),
+    ("{not json", r"in\.jsonl:2: malformed JSON"),
     ('{"prompt": 3}', r"in\.jsonl:2: field `prompt` must be a non-empty string"),
     ('{"prompt": "  "}', r"in\.jsonl:2: field `prompt`"),
     ('{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}',
@@ -102,7 +103,7 @@ def test_read_prompts_ids_and_fields(tmp_path):
 def test_read_prompts_errors_name_file_and_line(tmp_path, line, msg):
     path = tmp_path / "in.jsonl"
     path.write_text('{"prompt": "fine"}\n' + line + "\n")
-    with pytest.raises(PasInputError, match=msg):
+    with pytest.raises(DataError, match=msg):
         read_prompts(str(path))
 
 
@@ -144,3 +145,34 @@ def test_backoff_and_rate_limit():
     assert len(slept) == 4
     lim.wait()
     assert slept[-1] == pytest.approx(0.25)
+
+
+def test_server_request_parsing_and_replay_rules(tmp_path):
+    from megatron_align.pas.config import SamplingSection
+    from megatron_align.pas.server import BadRequest, ChatRequest, ReplayBackend, parse_request
+
+    d = SamplingSection(temperature=1.0, max_new_tokens=50)
+    req = parse_request(json.dumps({"messages": [{"role": "user", "content": [{"type": "text", "text": "a"},
+                                                                               {"type": "text", "text": "b"}]}],
+                                    "temperature": 0, "max_tokens": 7, "seed": 3}).encode(), d)
+    assert req.messages == [{"role": "user", "content": "ab"}]
+    assert (req.sampling.temperature, req.sampling.max_new_tokens, req.sampling.seed, req.sampling.top_p) == \
+        (0.0, 7, 3, 1.0)
+    for body, msg in [(b"nope", "not JSON"), (b'{"messages": []}', "non-empty"),
+                      (b'{"messages": [{"role": "bot", "content": "x"}]}', "role"),
+                      (b'{"messages": [{"role": "user", "content": "x"}], "stream": true}', "stream"),
+                      (b'{"messages": [{"role": "user", "content": "x"}], "top_p": 2}', "top_p")]:
+        with pytest.raises(BadRequest, match=msg):
+            parse_request(body, d)
+    rules = tmp_path / "r.jsonl"
+    rules.write_text('{"match": "^a", "replies": ["one", "two"]}\n{"match": ".", "replies": ["any"]}\n')
+    rb = ReplayBackend(str(rules))
+    ask = lambda text: rb.answer([ChatRequest([{"role": "user", "content": text}], d)])[0].text  # noqa: E731
+    assert [ask("ab"), ask("ab"), ask("ab"), ask("ac"), ask("z")] == ["one", "two", "two", "one", "any"]
+    assert rb.answer([ChatRequest([{"role": "user", "content": ""}], d)])[0].finish_reason == "no_rule"
+    rules.write_text('{"match": "(", "replies": ["x"]}\n')
+    with pytest.raises(DataError, match=r"r\.jsonl:1: field `match` is not a regular expression"):
+        ReplayBackend(str(rules))
+    rules.write_text('{"match": "a", "replies": []}\n')
+    with pytest.raises(DataError, match=r"r\.jsonl:1: expected"):
+        ReplayBackend(str(rules))
