@@ -12,10 +12,19 @@ from megatron_align.data.schema import parse_record
 from megatron_align.pas import formats
 from megatron_align.pas.openai_http import ChatClient, EndpointError, EndpointSettings
 
-from pas.conftest import PROMPTS, REPLAY, ROOT, cli, last_json, read_jsonl, write_jsonl
+from pas.conftest import PROMPTS, REPLAY, ROOT, last_json, read_jsonl, write_jsonl
 
 CONFIG = f"{ROOT}/examples/configs/pas_generate_tiny_cpu.yaml"
 GEN_MSG = [{"role": "user", "content": "User prompt:\nHello!\n\nWrite the complement."}]
+
+
+def run_cli(capsys, *args):
+    """The CLI in this process (no interpreter start-up): (exit code, stdout, stderr)."""
+    from megatron_align.cli import main
+
+    rc = main([str(a) for a in args])
+    out = capsys.readouterr()
+    return rc, out.out, out.err
 
 
 def client(url, **kw):
@@ -60,24 +69,24 @@ def test_rate_limit_and_concurrency(start_server):
     assert elapsed >= 11 / 20 - 0.01, elapsed  # 12 starts evenly spaced at 20/s
 
 
-def test_worked_example_counts_resume_and_unreachable_endpoint(start_server, tmp_path):
+def test_worked_example_counts_resume_and_unreachable_endpoint(start_server, tmp_path, capsys):
     out = tmp_path / "pas_sft.jsonl"
     srv = start_server("--replies", REPLAY)
     base = ["pas", "generate", "--config", CONFIG, "--out", out, f"teacher.base_url={srv.url}"]
-    res = cli(*base, "--max-prompts", 10)  # a first, partial run
-    assert res.returncode == 0, res.stderr[-2000:]
+    rc, _, err = run_cli(capsys, *base, "--max-prompts", 10)  # a first, partial run
+    assert rc == 0, err
     assert len(read_jsonl(out)) == 10
     srv.stop()
-    res = cli(*base, "teacher.max_retries=2")  # the endpoint is gone
-    assert res.returncode == 2
-    err = res.stderr.strip().splitlines()
-    assert len(err) == 1 and "connection failed" in err[0] and "after 3 attempts" in err[0], res.stderr
+    rc, _, stderr = run_cli(capsys, *base, "teacher.max_retries=2")  # the endpoint is gone
+    assert rc == 2
+    err = stderr.strip().splitlines()
+    assert len(err) == 1 and "connection failed" in err[0] and "after 3 attempts" in err[0], stderr
     assert err[0].startswith("megatron-align pas: error: http://127.0.0.1:")
     assert len(read_jsonl(out)) == 10, "progress is kept"
     srv = start_server("--replies", REPLAY)
-    res = cli(*base[:-1], f"teacher.base_url={srv.url}")
-    assert res.returncode == 0, res.stderr[-2000:]
-    s = last_json(res.stdout)
+    rc, stdout, err = run_cli(capsys, *base[:-1], f"teacher.base_url={srv.url}")
+    assert rc == 0, err
+    s = last_json(stdout)
     assert s["already_done"] == 10 and s["attempted"] == 31 and s["total_in_output"] == 41
     rows = read_jsonl(out)
     prompts = read_jsonl(PROMPTS)
@@ -85,8 +94,8 @@ def test_worked_example_counts_resume_and_unreachable_endpoint(start_server, tmp
     # the replay file plans: 5 over-long first replies, 6 critic replies without JSON, 9 rejections rewritten
     fresh = tmp_path / "fresh.jsonl"
     srv = start_server("--replies", REPLAY)  # the replay server remembers what it was asked: a new one
-    res = cli("pas", "generate", "--config", CONFIG, "--out", fresh, f"teacher.base_url={srv.url}")
-    s = last_json(res.stdout)
+    s = last_json(run_cli(capsys, "pas", "generate", "--config", CONFIG, "--out", fresh,
+                          f"teacher.base_url={srv.url}")[1])
     assert (s["accepted"], s["dropped"], s["regenerated"]) == (41, 0, 5)
     assert s["counts"] == {"approved": 32, "bad_reply.too_long": 5, "critic_unparsable": 6, "rejected": 9,
                            "rewritten": 9}
@@ -102,11 +111,10 @@ def test_worked_example_counts_resume_and_unreachable_endpoint(start_server, tmp
     assert len(rewritten) == 9 and all(r["category"] in ("math", "code", "chat") for r in rewritten)
 
 
-def test_regenerate_mode_drops_persistent_rejections(start_server, tmp_path):
+def test_regenerate_mode_drops_persistent_rejections(start_server, tmp_path, capsys):
     srv = start_server("--replies", REPLAY)
-    res = cli("pas", "generate", "--config", CONFIG, "--out", tmp_path / "o.jsonl", f"teacher.base_url={srv.url}",
-              "critic.on_reject=regenerate", "max_tries=2")
-    s = last_json(res.stdout)
+    s = last_json(run_cli(capsys, "pas", "generate", "--config", CONFIG, "--out", tmp_path / "o.jsonl",
+                          f"teacher.base_url={srv.url}", "critic.on_reject=regenerate", "max_tries=2")[1])
     # the canned critic rejects the same 9 complements every time: regenerated once, then dropped
     assert (s["accepted"], s["dropped"], s["drop_reasons"]) == (32, 9, {"rejected": 9})
     # 17 rejections, not 18: one of the 9 spent its first try on an over-long reply, so it is dropped after one
@@ -115,13 +123,10 @@ def test_regenerate_mode_drops_persistent_rejections(start_server, tmp_path):
 
 
 def test_bad_input_is_one_line_exit_2(tmp_path, capsys):
-    from megatron_align.cli import main
-
     def run(*args):
-        rc = main(["pas", "generate", "--config", CONFIG, "--out", str(tmp_path / "o.jsonl"), *map(str, args)])
-        err = capsys.readouterr().err.strip()
-        assert rc == 2 and len(err.splitlines()) == 1, err
-        return err
+        rc, _, err = run_cli(capsys, "pas", "generate", "--config", CONFIG, "--out", tmp_path / "o.jsonl", *args)
+        assert rc == 2 and len(err.strip().splitlines()) == 1, err
+        return err.strip()
 
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt": "ok"}\n{"prompt": ["x"]}\n')
