@@ -1,7 +1,8 @@
 """``pas augment``: the inference-time step. The PAS model writes a complement for each user prompt (batched
 through the generation engine) and the prompt goes out with the complement appended; every other field is kept.
 
-Output line = the input line with ``prompt`` (or the last user turn of ``messages``) augmented, plus
+Output line = the input line with its prompt (``prompt`` / ``text``, or the last user turn of chat messages)
+augmented, plus
 ``original_prompt`` and ``complement``. A prompt too long for the model's window is written unchanged with
 ``complement: null`` and counted; an empty complement likewise leaves the prompt as it was (counted).
 """
@@ -16,16 +17,17 @@ from typing import Dict, List
 
 from megatron_align.pas import formats
 from megatron_align.pas.config import PasAugmentConfig, TeacherConfig
-from megatron_align.pas.records import PromptRecord, read_prompts
+from megatron_align.pas.records import PromptRecord, prompt_field, read_prompts
 
 
 def augmented_record(rec: PromptRecord, complement) -> Dict:
     out = copy.deepcopy(rec.raw)
     text = formats.append_complement(rec.prompt, complement or "")
-    if "prompt" in out:
-        out["prompt"] = text
-    else:
-        out["messages"][-1]["content"] = text
+    key = prompt_field(out)
+    if isinstance(out[key], str):
+        out[key] = text
+    else:  # chat messages: the last (user) turn
+        out[key][-1]["content"] = text
     out["original_prompt"] = rec.prompt
     out["complement"] = complement
     return out

@@ -167,8 +167,9 @@ class ComplementGenerator:
     def _accept(self, p: Pending, complement: str, verdict, rewritten: bool = False) -> None:
         rec = {k: v for k, v in p.rec.raw.items() if k not in ("prompt", "messages", "category")}
         rec["id"] = p.rec.id
-        if "messages" in p.rec.raw:
-            rec["source_messages"] = p.rec.raw["messages"]
+        for key in ("prompt", "messages"):  # chat-message prompts are kept under another name
+            if isinstance(p.rec.raw.get(key), list):
+                rec[f"source_{key}"] = p.rec.raw[key]
         rec["prompt"] = p.rec.prompt
         rec["complement"] = complement
         if p.rec.category is not None:

@@ -1,7 +1,7 @@
 """Prompt records in, append-only results out.
 
-An input line is ``{"prompt": str}`` or ``{"messages": [{role, content}, ...]}`` ending with a user turn; every
-other field is kept. Each prompt has a stable id: the ``id_field`` of the line when present, else a hash of the
+An input line holds its prompt in ``prompt`` (a string or chat messages), ``messages`` (chat messages ending with
+the user turn PAS works on) or ``text``, as `prompts select` reads and writes them; every other field is kept. Each prompt has a stable id: the ``id_field`` of the line when present, else a hash of the
 prompt. Results are appended one line per prompt and flushed, so a killed run loses at most the batch in flight;
 a re-run skips every id already in the output (or in the dropped ledger) and repairs a half-written last line.
 """
@@ -38,25 +38,38 @@ def prompt_id(prompt_or_messages: Any) -> str:
     return hashlib.sha1(blob.encode("utf-8")).hexdigest()[:16]
 
 
-def _prompt_of(rec: Any) -> str:
-    """The prompt text of a decoded line; ``ValueError(reason)`` names the field (the reader adds file:line)."""
+#: where a line holds its prompt, in order of preference (`prompts select` reads the same fields)
+PROMPT_FIELDS = ("prompt", "messages", "text")
+
+
+def prompt_field(rec: Any) -> str:
+    """The field holding the prompt: ``prompt`` (a string or chat messages), ``messages`` or ``text``."""
     if not isinstance(rec, dict):
         raise ValueError("expected a JSON object")
-    if "prompt" in rec:
-        text = rec["prompt"]
-        if not isinstance(text, str) or not text.strip():
-            raise ValueError("field `prompt` must be a non-empty string")
-        return text
-    if "messages" in rec:
-        msgs = rec["messages"]
-        if not isinstance(msgs, list) or not msgs or not all(
-                isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
-                for m in msgs):
-            raise ValueError("field `messages` must be a non-empty list of {role, content} strings")
-        if msgs[-1]["role"] != "user" or not msgs[-1]["content"].strip():
-            raise ValueError("field `messages` must end with a non-empty user turn (the prompt)")
-        return msgs[-1]["content"]
-    raise ValueError("expected an object with `prompt` or `messages`")
+    for key in PROMPT_FIELDS:
+        if key in rec:
+            return key
+    raise ValueError("expected an object with `prompt`, `messages` or `text`")
+
+
+def _prompt_of(rec: Any) -> str:
+    """The prompt text of a decoded line (of chat messages: the last turn, a user turn); ``ValueError(reason)``
+    names the field (the reader adds file:line)."""
+    key = prompt_field(rec)
+    value = rec[key]
+    if isinstance(value, str):
+        if not value.strip():
+            raise ValueError(f"field `{key}` must not be empty")
+        return value
+    if key == "text":
+        raise ValueError("field `text` must be a non-empty string")
+    if not isinstance(value, list) or not value or not all(
+            isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+            for m in value):
+        raise ValueError(f"field `{key}` must be a non-empty string or a non-empty list of {{role, content}} strings")
+    if value[-1]["role"] != "user" or not value[-1]["content"].strip():
+        raise ValueError(f"field `{key}` must end with a non-empty user turn (the prompt)")
+    return value[-1]["content"]
 
 
 def read_prompts(path: str, id_field: Optional[str] = "id", category_field: Optional[str] = "category"
@@ -72,7 +85,7 @@ def read_prompts(path: str, id_field: Optional[str] = "id", category_field: Opti
                 raise ValueError(f"field `{id_field}` must be a non-empty string or an integer")
             rid = str(rid)
         else:
-            rid = prompt_id(rec["prompt"] if "prompt" in rec else rec["messages"])
+            rid = prompt_id(rec[prompt_field(rec)])
         cat = rec.get(category_field) if category_field else None
         return PromptRecord(rid, prompt, rec, "", cat if isinstance(cat, str) else None)
 

@@ -77,26 +77,29 @@ def test_read_prompts_ids_and_fields(tmp_path):
     rows = [{"id": 7, "prompt": "a", "category": "math", "extra": [1]},
             {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"},
                           {"role": "user", "content": "b"}]},
-            {"prompt": "c"}, {"prompt": "c", "other": 1}]
+            {"prompt": "c"}, {"prompt": "c", "other": 1}, {"text": "d", "cluster": [0, 3]},
+            {"prompt": [{"role": "user", "content": "e"}]}]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows) + "\n")
     recs = read_prompts(str(path))
-    assert [r.prompt for r in recs] == ["a", "b", "c", "c"]
+    assert [r.prompt for r in recs] == ["a", "b", "c", "c", "d", "e"]  # `prompts select` output reads too
     assert recs[0].id == "7" and recs[0].category == "math" and recs[0].raw["extra"] == [1]
     assert recs[2].id == prompt_id("c") == recs[3].id  # the same prompt text: the same id
     assert recs[1].id == prompt_id(rows[1]["messages"]) != prompt_id("b")
     assert len(prompt_id("c")) == 16 and prompt_id("c") == prompt_id("c")
     kept, dups = unique_by_id(recs)
-    assert dups == 1 and [r.where.rsplit(":", 1)[1] for r in kept] == ["1", "2", "3"]
+    assert dups == 1 and [r.where.rsplit(":", 1)[1] for r in kept] == ["1", "2", "3", "5", "6"]
 
 
 @pytest.mark.parametrize("line,msg", [
     ("{not json", r"in\.jsonl:2: malformed JSON"),
-    ('{"prompt": 3}', r"in\.jsonl:2: field `prompt` must be a non-empty string"),
-    ('{"prompt": "  "}', r"in\.jsonl:2: field `prompt`"),
+    ('{"prompt": 3}', r"in\.jsonl:2: field `prompt` must be a non-empty string or a non-empty list"),
+    ('{"prompt": "  "}', r"in\.jsonl:2: field `prompt` must not be empty"),
     ('{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}',
      r"in\.jsonl:2: field `messages` must end with a non-empty user turn"),
     ('{"messages": [{"role": "user"}]}', r"in\.jsonl:2: field `messages` must be"),
-    ('{"text": "x"}', r"in\.jsonl:2: expected an object with `prompt` or `messages`"),
+    ('{"txt": "x"}', r"in\.jsonl:2: expected an object with `prompt`, `messages` or `text`"),
+    ('{"text": ["x"]}', r"in\.jsonl:2: field `text` must be a non-empty string"),
+    ('{"prompt": [{"role": "assistant", "content": "a"}]}', r"in\.jsonl:2: field `prompt` must end with a non-empty"),
     ('{"id": true, "prompt": "x"}', r"in\.jsonl:2: field `id`"),
     ("[1, 2]", r"in\.jsonl:2: expected a JSON object"),
 ])

@@ -130,7 +130,8 @@ def test_bad_input_is_one_line_exit_2(tmp_path, capsys):
 
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt": "ok"}\n{"prompt": ["x"]}\n')
-    assert run("--input", bad) == f"megatron-align pas: error: {bad}:2: field `prompt` must be a non-empty string"
+    assert run("--input", bad) == (f"megatron-align pas: error: {bad}:2: field `prompt` must be a non-empty "
+                                   "string or a non-empty list of {role, content} strings")
     assert "teacher.kind=openai needs base_url and model" in run("teacher.base_url=")
     assert "NO_SUCH_VAR_X is not set" in run("teacher.api_key_env=NO_SUCH_VAR_X")
     write_jsonl(tmp_path / "g.jsonl", [{"prompt": "x"}])
