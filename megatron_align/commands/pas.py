@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from typing import List
 
@@ -76,6 +77,9 @@ def run_generate(args: argparse.Namespace) -> int:
     cfg = load_config(PasGenerateConfig, args.config, flags + list(args.overrides))
     uses_engine = cfg.teacher.kind == "checkpoint" or (cfg.critic.mode == "separate"
                                                        and cfg.critic.teacher.kind == "checkpoint")
+    if not uses_engine and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise UserError("an endpoint teacher runs in one process; launch without torchrun (concurrency is "
+                        "teacher.concurrency)")
     writer = _start_runtime(cfg.parallel) if uses_engine else True
     try:
         teacher = build_teacher(cfg.teacher, cfg.model, cfg.parallel)

@@ -32,6 +32,12 @@ class SamplingSection:
             raise ValueError("sampling.top_k must be >= 0 and sampling.max_new_tokens >= 1")
 
 
+def check_engine_sampling(s: SamplingSection, where: str) -> None:
+    """What megatron-core's engine cannot do (0.16.1 raises inside the step): top_k together with top_p."""
+    if s.temperature > 0 and s.top_k > 1 and s.top_p < 1.0:
+        raise ValueError(f"{where}: top_k and top_p cannot be combined on the megatron engine; set one of them off")
+
+
 @dataclass
 class TeacherConfig:
     """A model that answers chat requests: a megatron_align checkpoint (through the generation engine) or an
@@ -68,6 +74,8 @@ class TeacherConfig:
             raise ValueError("teacher: concurrency >= 1, max_retries >= 0, timeout_s > 0, rate_limit_rps >= 0")
         if self.max_seq_length < 2 or self.max_requests < 1:
             raise ValueError("teacher: max_seq_length >= 2 and max_requests >= 1")
+        if self.kind == "checkpoint":
+            check_engine_sampling(self.sampling, "teacher.sampling")
 
 
 def _critic_teacher() -> TeacherConfig:
@@ -142,3 +150,4 @@ class PasAugmentConfig:
             raise ValueError("load, input and output are required (config keys or --load/--input/--out)")
         if self.batch_size < 1 or self.max_requests < 1:
             raise ValueError("batch_size and max_requests must be >= 1")
+        check_engine_sampling(self.sampling, "sampling")

@@ -9,6 +9,7 @@ share one requests-per-second limit.
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import random
@@ -127,7 +128,8 @@ class ChatClient:
                 if e.code not in RETRY_STATUSES:
                     raise EndpointError(f"{self.url}: {last} (not retried)") from None
                 retry_after = _retry_after(e.headers.get("Retry-After") if e.headers else None)
-            except (urllib.error.URLError, socket.timeout, TimeoutError, ConnectionError) as e:
+            except (urllib.error.URLError, socket.timeout, TimeoutError, ConnectionError,
+                    http.client.HTTPException) as e:
                 reason = getattr(e, "reason", e)
                 last = f"connection failed ({reason})"
             except (json.JSONDecodeError, UnicodeDecodeError):

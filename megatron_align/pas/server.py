@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Dict, List, Optional, Tuple
 
-from megatron_align.pas.config import SamplingSection
+from megatron_align.pas.config import SamplingSection, check_engine_sampling
 from megatron_align.pas.teachers import Reply
 
 
@@ -67,6 +67,7 @@ def parse_request(body: bytes, defaults: SamplingSection) -> ChatRequest:
             max_new_tokens=int(obj.get("max_completion_tokens") or obj.get("max_tokens") or defaults.max_new_tokens),
             seed=int(obj.get("seed", defaults.seed)))
         sampling.validate()
+        check_engine_sampling(sampling, "sampling")
     except (TypeError, ValueError) as e:
         raise BadRequest(f"bad sampling parameters: {e}") from None
     return ChatRequest(out, sampling)

@@ -164,7 +164,9 @@ def test_server_request_parsing_and_replay_rules(tmp_path):
     for body, msg in [(b"nope", "not JSON"), (b'{"messages": []}', "non-empty"),
                       (b'{"messages": [{"role": "bot", "content": "x"}]}', "role"),
                       (b'{"messages": [{"role": "user", "content": "x"}], "stream": true}', "stream"),
-                      (b'{"messages": [{"role": "user", "content": "x"}], "top_p": 2}', "top_p")]:
+                      (b'{"messages": [{"role": "user", "content": "x"}], "top_p": 2}', "top_p"),
+                      (b'{"messages": [{"role": "user", "content": "x"}], "top_p": 0.9, "top_k": 5}',
+                       "cannot be combined")]:
         with pytest.raises(BadRequest, match=msg):
             parse_request(body, d)
     rules = tmp_path / "r.jsonl"

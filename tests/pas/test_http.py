@@ -137,4 +137,6 @@ def test_bad_input_is_one_line_exit_2(tmp_path, capsys):
     write_jsonl(tmp_path / "g.jsonl", [{"prompt": "x"}])
     assert f"{tmp_path}/g.jsonl:1: field `complement`" in run(f"few_shot={tmp_path}/g.jsonl")
     assert "unknown key teacher.bogus" in run("teacher.bogus=1")
+    assert "top_k and top_p cannot be combined" in run("teacher.kind=checkpoint", "teacher.load=x",
+                                                       "teacher.sampling.top_k=5", "teacher.sampling.top_p=0.9")
     assert not (tmp_path / "o.jsonl").exists()
