@@ -3,8 +3,10 @@
   torchrun) or behind `pas serve` (batched HTTP requests), and a stopped-then-resumed served run gives the same
   records as the uninterrupted in-process one;
 - a teacher that ignores the critic's JSON format is counted and asked again, then dropped;
-- generate -> `megatron-align sft` on the output -> `pas augment` with the trained PAS model."""
+- (`prompts select` when it is there ->) generate -> `megatron-align sft` on the output -> `pas augment` with the
+  trained PAS model."""
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -80,15 +82,21 @@ def test_tp2_teacher_equals_tp1(direct_run, tiny_ckpt, six_prompts, tmp_path):
 
 def test_generate_sft_augment(start_server, tmp_path):
     srv = start_server("--replies", REPLAY)
+    source, n = PROMPTS, 41
+    if importlib.util.find_spec("megatron_align.commands.prompts") is not None:  # `prompts select` is there: chain it
+        res = cli("prompts", "select", "--input", PROMPTS, "--out", tmp_path / "selected.jsonl", "--no-progress")
+        assert res.returncode == 0, res.stderr[-3000:]
+        source, n = tmp_path / "selected.jsonl", last_json(res.stdout)["selected"]
+        assert 0 < n <= 41 and len(read_jsonl(source)) == n
     data = tmp_path / "pas_sft.jsonl"
-    res = cli("pas", "generate", "--config", f"{ROOT}/examples/configs/pas_generate_tiny_cpu.yaml", "--out", data,
-              f"teacher.base_url={srv.url}")
-    assert res.returncode == 0 and last_json(res.stdout)["accepted"] == 41
+    res = cli("pas", "generate", "--config", f"{ROOT}/examples/configs/pas_generate_tiny_cpu.yaml", "--input", source,
+              "--out", data, f"teacher.base_url={srv.url}")
+    assert res.returncode == 0 and last_json(res.stdout)["accepted"] == n, res.stderr[-2000:]
     run = tmp_path / "pas_model"
     res = cli("sft", "--config", f"{ROOT}/examples/configs/pas_sft_tiny_cpu.yaml", f"data.path={data}",
               f"output_dir={run}", "train.max_steps=3", "model.num_layers=2", "train.log_interval=1")
     assert res.returncode == 0, res.stderr[-3000:]
-    assert "41 samples (truncated 0" in res.stdout, "every PAS conversation fits the configured rows"
+    assert f"{n} samples (truncated 0" in res.stdout, "every PAS conversation fits the configured rows"
     metrics = [json.loads(x) for x in open(run / "metrics.jsonl")]
     assert [m["step"] for m in metrics if "loss" in m] == [1, 2, 3]
     users = write_jsonl(tmp_path / "users.jsonl", [
