@@ -1,6 +1,6 @@
 """Checkpoint teachers and the PAS model through the generation engine (tiny Llama, CPU):
 - greedy complements of the checkpoint teacher are the same whether it runs in-process (TP=1, and TP=2 under
-  torchrun) or behind `pas serve` (batched HTTP requests), and a stopped-then-resumed served run gives the same
+  torchrun, PP=2 too) or behind `pas serve` (batched HTTP requests), and a stopped-then-resumed served run gives the same
   records as the uninterrupted in-process one;
 - a teacher that ignores the critic's JSON format is counted and asked again, then dropped;
 - (`prompts select` when it is there ->) generate -> `megatron-align sft` on the output -> `pas augment` with the
@@ -68,11 +68,12 @@ def test_served_checkpoint_resumed_equals_direct(direct_run, tiny_ckpt, six_prom
 
 
 @pytest.mark.distributed
-def test_tp2_teacher_equals_tp1(direct_run, tiny_ckpt, six_prompts, tmp_path):
-    out = tmp_path / "tp2.jsonl"
+@pytest.mark.parametrize("layout", ["parallel.tp=2", "parallel.pp=2"], ids=["tp2", "pp2"])
+def test_parallel_teacher_equals_tp1(direct_run, tiny_ckpt, six_prompts, tmp_path, layout):
+    out = tmp_path / "par.jsonl"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
            "-m", "megatron_align", "pas", "generate", "--input", six_prompts, "--out", str(out),
-           f"teacher.load={tiny_ckpt}", "parallel.tp=2", *GREEDY]
+           f"teacher.load={tiny_ckpt}", layout, *GREEDY]
     res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300,
                          env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert res.returncode == 0, res.stderr[-3000:]
