@@ -90,8 +90,8 @@ def read_prompts(path: str, id_field: Optional[str] = "id", category_field: Opti
         return PromptRecord(rid, prompt, rec, "", cat if isinstance(cat, str) else None)
 
     out = []
-    for lineno, r in iter_records(path, parse):
-        r.where = f"{path}:{lineno}"
+    for loc, r in iter_records(path, parse):
+        r.where = loc.where() if hasattr(loc, "where") else f"{path}:{loc}"  # a line (or a row of other sources)
         out.append(r)
     return out
 

@@ -39,9 +39,9 @@ def test_clean_and_check_complement():
 
 def test_training_format_is_sft_ready():
     msgs = formats.training_messages("What is 2+2?", "Show the steps.")
-    conv = parse_record({"messages": msgs})  # the SFT reader's own validation
-    (role_u, user), (role_a, assistant) = conv.messages
-    assert (role_u, role_a) == ("user", "assistant") and assistant == "Show the steps."
+    parse_record({"messages": msgs})  # the SFT reader's own validation
+    assert [m["role"] for m in msgs] == ["user", "assistant"] and msgs[1]["content"] == "Show the steps."
+    user = msgs[0]["content"]
     assert user.startswith(formats.ENHANCER_INSTRUCTION) and "What is 2+2?" in user
     assert user.endswith(formats.COMPLEMENT_SLOT)
     assert formats.append_complement("Q", "C") == "Q\n\nC" and formats.append_complement("Q", "") == "Q"
