@@ -36,6 +36,7 @@ COMMANDS: Dict[str, Command] = {
     "evaluate": Command("megatron_align.commands.evaluate", "eval loss of checkpoints, overall and per category"),
     "data": Command("megatron_align.commands.data", "preview: rendered samples with the trained spans marked"),
     "prompts": Command("megatron_align.commands.prompts", "prompt selection: dedup, layered clustering, quality, sampling"),
+    "pas": Command("megatron_align.commands.pas", "PAS: generate complements (teacher + critic), augment prompts, serve"),
 }
 
 
