@@ -34,6 +34,7 @@ COMMANDS: Dict[str, Command] = {
     "plan": Command("megatron_align.commands.plan", "memory and parallelism planner"),
     "merge": Command("megatron_align.commands.merge", "merge checkpoints: linear, task arithmetic, Model Stock, TIES, DARE"),
     "evaluate": Command("megatron_align.commands.evaluate", "eval loss of checkpoints, overall and per category"),
+    "grpo": Command("megatron_align.commands.grpo", "online GRPO: rollouts, rewards (rules, functions, a reward model), top-k KL"),
     "data": Command("megatron_align.commands.data", "preview: rendered samples with the trained spans marked"),
 }
 

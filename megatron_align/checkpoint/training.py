@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.distributed as dist
@@ -99,7 +99,7 @@ def _barrier() -> None:
 
 def save_training(root: str, step: int, chunks: List[torch.nn.Module], optimizer, scheduler,
                   state: Dict[str, Any], arch: ArchSpec, keep_last: int = 0,
-                  tokenizer_files: Sequence[str] = ()) -> str:
+                  tokenizer_files: Sequence[str] = (), extra: Optional[Callable[[str], None]] = None) -> str:
     from megatron.core import dist_checkpointing
 
     name = layout.step_name(step)
@@ -128,6 +128,8 @@ def save_training(root: str, step: int, chunks: List[torch.nn.Module], optimizer
             os.makedirs(os.path.join(tmp, layout.TOKENIZER_DIR), exist_ok=True)
             for path in tokenizer_files:
                 shutil.copy2(path, os.path.join(tmp, layout.TOKENIZER_DIR))
+    if extra is not None:  # a stage's own state (e.g. a critic), every rank, before the commit
+        extra(tmp)
     _barrier()
     final = os.path.join(root, name)
     if rank == 0:

@@ -1,0 +1,49 @@
+"""The GRPO / PPO jobs: the SFT sections (model, parallel, data, optim, train, output) plus ``rl``.
+
+In an RL job ``data`` gives the tokenizer, the chat template and the training rows (``data.seq_length``,
+``data.packing``); the prompts come from ``rl.prompts`` (``data.path`` / ``data.eval_path`` are not read). A
+GRPO group (one prompt and its ``rl.num_generations`` completions) is one unit and shares a row, so
+``data.seq_length`` must hold ``num_generations x (max_prompt_length + max_new_tokens)`` tokens.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from megatron_align.config.base import ConfigError, help_field
+from megatron_align.config.rl import RLConfig
+from megatron_align.config.sft import SFTConfig
+
+
+@dataclass
+class RLJobConfig(SFTConfig):
+    rl: RLConfig = help_field(default_factory=RLConfig, help="Online RL section (prompts, rollout, rewards, KL).")
+    output_dir: str = help_field("runs/grpo", help="Where checkpoints, metrics.jsonl, TensorBoard events and plots go.")
+
+    def validate(self) -> None:
+        super().validate()
+        if self.model.head != "lm":
+            raise ConfigError(f"model.head: the policy is a language model; set model.head=lm (got {self.model.head!r})")
+        if self.model.loss_backend == "fused_linear":
+            raise ConfigError("model.loss_backend: the RL stages need the policy's logits (entropy, top-k KL); "
+                              "use fused or unfused")
+        if not self.rl.prompts:
+            raise ConfigError("rl.prompts: required (a JSONL file of prompt records)")
+        r = self.rl.rollout
+        need = self.rl.num_generations * (r.max_prompt_length + r.max_new_tokens)
+        if need > self.data.seq_length:
+            raise ConfigError(f"data.seq_length={self.data.seq_length} cannot hold a group of rl.num_generations="
+                              f"{self.rl.num_generations} x (rl.rollout.max_prompt_length={r.max_prompt_length} + "
+                              f"rl.rollout.max_new_tokens={r.max_new_tokens}) = {need} tokens (a group shares a row)")
+        if self.parallel.interleaved_vpp:
+            raise ConfigError("parallel.vpp: rollouts need one model chunk per rank (no interleaved pipeline)")
+
+
+@dataclass
+class GRPOJobConfig(RLJobConfig):
+    pass
+
+
+@dataclass
+class PPOJobConfig(RLJobConfig):
+    output_dir: str = help_field("runs/ppo", help="Where checkpoints, metrics.jsonl, TensorBoard events and plots go.")

@@ -1,0 +1,106 @@
+"""Spawned GRPO / PPO runs for the RL tests (module-level functions for helpers.dist.run_distributed)."""
+
+from __future__ import annotations
+
+import os
+from typing import List
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+CONFIGS = {"grpo": os.path.join(ROOT, "examples", "configs", "grpo_tiny_cpu.yaml"),
+           "ppo": os.path.join(ROOT, "examples", "configs", "ppo_tiny_cpu.yaml")}
+TINY = os.path.join(ROOT, "megatron_align", "assets", "tiny")
+
+# small and quick: 2 layers, short completions, few prompts per step
+BASE = ["model.num_layers=2", "data.seq_length=160", "rl.prompts_per_step=4", "rl.num_generations=3",
+        "rl.rollout.max_new_tokens=6", "rl.rollout.max_prompt_length=40", "train.eval_interval=0",
+        "output.tensorboard=false", "output.progress_bar=false", "optim.warmup_steps=0",
+        f"rl.prompts={TINY}/rl_prompts_train.jsonl", f"rl.eval_prompts={TINY}/rl_prompts_eval.jsonl"]
+
+
+def load(name: str, overrides: List[str], base: bool = True):
+    from megatron_align.config.base import load_config
+    from megatron_align.config.rl_job import GRPOJobConfig, PPOJobConfig
+
+    cls = GRPOJobConfig if name == "grpo" else PPOJobConfig
+    os.chdir(ROOT)  # the example configs name the reward function relative to the repository root
+    return load_config(cls, CONFIGS[name], (BASE if base else []) + list(overrides))
+
+
+def trainer_for(name: str, cfg):
+    if name == "grpo":
+        from megatron_align.stages.grpo import GRPOTrainer
+
+        return GRPOTrainer(cfg)
+    from megatron_align.stages.ppo import PPOTrainer
+
+    return PPOTrainer(cfg)
+
+
+def run(name: str, overrides: List[str], base: bool = True):
+    from megatron_align.engine.trainer import run_trainer
+
+    out = run_trainer(trainer_for(name, load(name, overrides, base)))
+    return {k: v for k, v in out.items() if isinstance(v, (int, float))}
+
+
+def fixed_groups(seed: int, n_groups: int, n_gen: int, vocab: int):
+    """Deterministic synthetic rollout groups: random prompts / completions of varied lengths, random rewards."""
+    import numpy as np
+
+    from megatron_align.stages.rl_prompts import Group, Prompt
+
+    rng = np.random.default_rng(seed)
+    cats = ("a", "e", "o")
+    groups = []
+    for g in range(n_groups):
+        p = Prompt(rng.integers(3, vocab, int(rng.integers(4, 12))).tolist(), "x", {}, cats[g % 3])
+        comps = [rng.integers(3, vocab, int(rng.integers(1, 7))).tolist() for _ in range(n_gen)]
+        rewards = rng.normal(size=n_gen).tolist()
+        groups.append(Group(g, p, comps, [False] * n_gen, rewards))
+    return groups
+
+
+def train_fixed_rollout(name: str, overrides: List[str], seed: int = 3):
+    """Set up a trainer and run its updates on a fixed synthetic rollout (no generation): the loss, grad norm and
+    metrics of each update, which must not depend on the layout."""
+    from megatron_align.runtime import teardown
+    from megatron_align.stages.rl_rollout import RolloutDataset
+
+    trainer = trainer_for(name, load(name, overrides))
+    try:
+        trainer.setup()
+        rl = trainer.cfg.rl
+        groups = fixed_groups(seed, rl.prompts_per_step, rl.num_generations, 1536)
+        trainer.stage.advantages(trainer, groups)
+        records = []
+        orig_update = trainer.update
+
+        def update(mbs, inputs):
+            r = orig_update(mbs, inputs)
+            records.append(r)
+            return r
+
+        trainer.update = update
+        trainer.train_on_rollout(RolloutDataset(groups))
+        return records
+    finally:
+        teardown()
+
+
+def evaluate_only(name: str, overrides: List[str]):
+    """The held-out eval metrics at the start weights (what a run's step-0 eval would report)."""
+    from megatron_align.runtime import teardown
+
+    trainer = trainer_for(name, load(name, overrides))
+    try:
+        trainer.setup()
+        return trainer.evaluate()
+    finally:
+        teardown()
+
+
+def cli(argv: List[str]) -> int:
+    from megatron_align.cli import main
+
+    os.chdir(ROOT)
+    return main(list(argv))
