@@ -1,8 +1,9 @@
 """Write the bundled tiny RL prompt sets (deterministic, seeded): megatron_align/assets/tiny/rl_prompts_{train,eval}.jsonl.
 
-Each prompt asks for text made of one letter (category = the letter); the `letter` field is what the example
-reward (examples/rewards/tiny_rewards.py:letter_share) checks: the share of the response's letters that are it.
-The eval prompts use phrasings the training prompts never do (held out).
+Each prompt asks for an answer in vowels (categories: `word`, `line`, `name`: what it asks for); the example reward
+(examples/rewards/tiny_rewards.py:vowel_share) is the share of the response's letters that are vowels, a task the
+tiny model learns from scratch in tens of GRPO steps. The eval prompts use phrasings the training prompts never use
+(held out).
 
     python tools/make_tiny_rl_prompts.py
 """
@@ -12,21 +13,20 @@ import os
 import random
 
 OUT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "megatron_align", "assets", "tiny")
-LETTERS = ("a", "e", "o")
-TRAIN = ("Write the letter {l} many times.", "Repeat {l} again and again.", "Say {l} as often as you can.",
-         "Only type the letter {l}.", "Give me a line of {l}.", "Fill the answer with {l}.",
-         "Answer using just {l}.", "Print {l} over and over.")
-EVAL = ("Reply with nothing but {l}.", "Type {l} repeatedly.")
+KINDS = ("word", "line", "name")
+TRAIN = ("Write a {k} made of vowels.", "Give me a {k} with only vowels.", "Answer with a {k} of vowels only.",
+         "Make up a {k} using vowels.", "Type a {k} that has no consonants.", "Say a vowel {k}.")
+EVAL = ("Reply with a {k} of nothing but vowels.", "Invent a {k} without consonants, please.")
 
 
 def rows(phrasings, n, rng):
     out = []
     for _ in range(n):
-        letter = rng.choice(LETTERS)
-        text = rng.choice(phrasings).format(l=letter)
+        kind = rng.choice(KINDS)
+        text = rng.choice(phrasings).format(k=kind)
         if rng.random() < 0.3:
             text = f"{text} Number {rng.randint(1, 99)}."
-        out.append({"prompt": text, "category": letter, "letter": letter})
+        out.append({"prompt": text, "category": kind})
     return out
 
 

@@ -65,6 +65,8 @@ def topk_at_loss_positions(inputs: ModelInputs, logits: torch.Tensor, k: int) ->
 
     pos = loss_positions(inputs)
     flat = logits.reshape(-1, logits.shape[-1])
+    if pos.numel() == 0:  # a padding micro-batch
+        return {"vals": flat.new_zeros(0, k, dtype=torch.float32), "ids": pos.new_zeros(0, k)}
     vals, ids = reference_topk(flat.index_select(0, pos), k, tp_group=_tp_group())
     return {"vals": vals.float(), "ids": ids}
 

@@ -104,3 +104,39 @@ def cli(argv: List[str]) -> int:
 
     os.chdir(ROOT)
     return main(list(argv))
+
+
+def run_signal_after(name: str, overrides: List[str], step: int):
+    """Like :func:`run`, but rank 0 receives SIGUSR1 (Slurm's pre-timeout signal) after ``step``."""
+    import signal
+
+    import torch.distributed as dist
+
+    from megatron_align.stages import rl as rl_mod
+
+    orig = rl_mod.RLTrainer.train_step
+
+    def train_step(self, global_ids):
+        out = orig(self, global_ids)
+        if self.sampler.step == step and dist.get_rank() == 0:
+            os.kill(os.getpid(), signal.SIGUSR1)
+        return out
+
+    rl_mod.RLTrainer.train_step = train_step
+    return run(name, overrides)
+
+
+def final_weights(run_dir: str):
+    """The model tensors of a run's latest checkpoint, by name (single-process layout)."""
+    import torch
+
+    from megatron_align.checkpoint import layout
+
+    ckpt = layout.resolve(run_dir)
+    out = {}
+    for root, _, files in os.walk(os.path.join(ckpt, layout.MODEL_DIR)):
+        for f in sorted(files):
+            if f.endswith((".pt", ".distcp")):
+                out[os.path.relpath(os.path.join(root, f), ckpt)] = open(os.path.join(root, f), "rb").read()
+    del torch
+    return out
