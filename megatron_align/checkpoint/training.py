@@ -97,29 +97,53 @@ def _barrier() -> None:
         dist.barrier()
 
 
-def save_training(root: str, step: int, chunks: List[torch.nn.Module], optimizer, scheduler,
-                  state: Dict[str, Any], arch: ArchSpec, keep_last: int = 0,
-                  tokenizer_files: Sequence[str] = (), extra: Optional[Callable[[str], None]] = None) -> str:
+def _save_model_and_optimizer(directory: str, chunks: List[torch.nn.Module], optimizer) -> Dict[str, Any]:
+    """``<directory>/model`` and ``<directory>/optim`` (collective); the optimizer's format, for the state file."""
     from megatron.core import dist_checkpointing
 
+    save_model(chunks, os.path.join(directory, layout.MODEL_DIR))
+    model_sd = model_sharded_state_dict(chunks)
+    _materialise_optimizer_state(optimizer)  # no state yet if every step so far was skipped (fp16 overflow)
+    layout_now, distributed = model_parallel_layout(), _uses_distributed_optimizer(optimizer)
+    os.makedirs(os.path.join(directory, layout.OPTIM_DIR), exist_ok=True)
+    dist_checkpointing.save(optimizer.sharded_state_dict(model_sd, metadata=optim_metadata()),
+                            os.path.join(directory, layout.OPTIM_DIR))
+    return {"optim_sharding": OPTIM_SHARDING, "optim_layout": dict(layout_now, distributed=distributed)}
+
+
+def _load_model_and_optimizer(directory: str, state: Dict[str, Any], chunks: List[torch.nn.Module],
+                              optimizer) -> None:
+    from megatron.core import dist_checkpointing
+
+    check_optim_layout(directory, state, model_parallel_layout(), _uses_distributed_optimizer(optimizer))
+    load_model(chunks, os.path.join(directory, layout.MODEL_DIR))
+    model_sd = model_sharded_state_dict(chunks)
+    _materialise_optimizer_state(optimizer)
+    metadata = optim_metadata(state.get("optim_sharding", LEGACY_OPTIM_SHARDING))
+    optim_sd = optimizer.sharded_state_dict(model_sd, is_loading=True, metadata=metadata)
+    loaded = dist_checkpointing.load(optim_sd, os.path.join(directory, layout.OPTIM_DIR))
+    optimizer.load_state_dict(loaded)
+
+
+def save_training(root: str, step: int, chunks: List[torch.nn.Module], optimizer, scheduler,
+                  state: Dict[str, Any], arch: ArchSpec, keep_last: int = 0,
+                  tokenizer_files: Sequence[str] = (),
+                  extras: Sequence[Callable[[str], None]] = ()) -> str:
+    """``extras``: more writers into the same step (each called on every rank with the step's temporary
+    directory before it is committed, e.g. a PPO critic's :func:`save_component` into ``<step>/critic``)."""
     name = layout.step_name(step)
     rank = dist.get_rank() if dist.is_initialized() else 0
     tmp = os.path.join(root, f"{name}.tmp")
     if rank == 0:
         layout.begin(root, name)
     _barrier()
-    save_model(chunks, os.path.join(tmp, layout.MODEL_DIR))
-    model_sd = model_sharded_state_dict(chunks)
-    _materialise_optimizer_state(optimizer)  # no state yet if every step so far was skipped (fp16 overflow)
-    layout_now, distributed = model_parallel_layout(), _uses_distributed_optimizer(optimizer)
-    os.makedirs(os.path.join(tmp, layout.OPTIM_DIR), exist_ok=True)
-    dist_checkpointing.save(optimizer.sharded_state_dict(model_sd, metadata=optim_metadata()),
-                            os.path.join(tmp, layout.OPTIM_DIR))
+    optim_state = _save_model_and_optimizer(tmp, chunks, optimizer)
     os.makedirs(os.path.join(tmp, RNG_DIR), exist_ok=True)
     torch.save(_rng_state(), os.path.join(tmp, RNG_DIR, f"rank_{rank:05d}.pt"))
+    for write in extras:
+        write(tmp)
     if rank == 0:
-        full_state = dict(state, step=step, scheduler=scheduler.state_dict(), optim_sharding=OPTIM_SHARDING,
-                          optim_layout=dict(layout_now, distributed=distributed),
+        full_state = dict(state, step=step, scheduler=scheduler.state_dict(), **optim_state,
                           world_size=dist.get_world_size() if dist.is_initialized() else 1)
         with open(os.path.join(tmp, layout.STATE_FILE), "w") as f:
             json.dump(full_state, f, indent=2)
@@ -128,8 +152,6 @@ def save_training(root: str, step: int, chunks: List[torch.nn.Module], optimizer
             os.makedirs(os.path.join(tmp, layout.TOKENIZER_DIR), exist_ok=True)
             for path in tokenizer_files:
                 shutil.copy2(path, os.path.join(tmp, layout.TOKENIZER_DIR))
-    if extra is not None:  # a stage's own state (e.g. a critic), every rank, before the commit
-        extra(tmp)
     _barrier()
     final = os.path.join(root, name)
     if rank == 0:
@@ -137,6 +159,33 @@ def save_training(root: str, step: int, chunks: List[torch.nn.Module], optimizer
         layout.prune(root, keep_last)
     _barrier()
     return final
+
+
+def save_component(directory: str, chunks: List[torch.nn.Module], optimizer, scheduler, arch: ArchSpec,
+                   state: Optional[Dict[str, Any]] = None) -> None:
+    """A second trained model of a run (a PPO critic) with its optimizer and LR schedule, into ``directory``
+    (a subdirectory of a step checkpoint): ``model/``, ``optim/``, ``arch.json`` and ``trainer_state.json``.
+    Collective; the step's commit makes it visible. It is itself a complete checkpoint (a start for another run)."""
+    optim_state = _save_model_and_optimizer(directory, chunks, optimizer)
+    if (dist.get_rank() if dist.is_initialized() else 0) == 0:
+        with open(os.path.join(directory, layout.STATE_FILE), "w") as f:
+            json.dump(dict(state or {}, scheduler=scheduler.state_dict(), **optim_state), f, indent=2)
+        layout.write_arch(directory, arch)
+        with open(os.path.join(directory, layout.COMPLETE), "w") as f:  # loadable on its own (e.g. as a start)
+            f.write("ok\n")
+    _barrier()
+
+
+def load_component(directory: str, chunks: List[torch.nn.Module], optimizer, scheduler) -> Dict[str, Any]:
+    """Restore what :func:`save_component` wrote; returns its state dict."""
+    path = os.path.join(directory, layout.STATE_FILE)
+    if not os.path.isfile(path):
+        raise layout.CheckpointError(f"{directory}: no {layout.STATE_FILE} (not a saved model + optimizer)")
+    with open(path) as f:
+        state = json.load(f)
+    _load_model_and_optimizer(directory, state, chunks, optimizer)
+    scheduler.load_state_dict(state["scheduler"])
+    return state
 
 
 def _is_torch_adam(opt: torch.optim.Optimizer) -> bool:
@@ -171,18 +220,9 @@ def _materialise_optimizer_state(optimizer) -> None:
 
 def load_training(ckpt_dir: str, chunks: List[torch.nn.Module], optimizer, scheduler) -> Dict[str, Any]:
     """Restore everything saved by :func:`save_training`; returns the trainer state dict."""
-    from megatron.core import dist_checkpointing
-
     with open(os.path.join(ckpt_dir, layout.STATE_FILE)) as f:
         state = json.load(f)
-    check_optim_layout(ckpt_dir, state, model_parallel_layout(), _uses_distributed_optimizer(optimizer))
-    load_model(chunks, os.path.join(ckpt_dir, layout.MODEL_DIR))
-    model_sd = model_sharded_state_dict(chunks)
-    _materialise_optimizer_state(optimizer)
-    metadata = optim_metadata(state.get("optim_sharding", LEGACY_OPTIM_SHARDING))
-    optim_sd = optimizer.sharded_state_dict(model_sd, is_loading=True, metadata=metadata)
-    loaded = dist_checkpointing.load(optim_sd, os.path.join(ckpt_dir, layout.OPTIM_DIR))
-    optimizer.load_state_dict(loaded)
+    _load_model_and_optimizer(ckpt_dir, state, chunks, optimizer)
     scheduler.load_state_dict(state["scheduler"])
     rank = dist.get_rank() if dist.is_initialized() else 0
     rng_file = os.path.join(ckpt_dir, RNG_DIR, f"rank_{rank:05d}.pt")

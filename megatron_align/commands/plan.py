@@ -22,10 +22,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("model")
     g.add_argument("--model", default=None, help="a preset name (llama3-70b, qwen2-72b, ...)")
     g.add_argument("--hf-config", default=None, help="a Hugging Face config.json (or its directory); overrides --model")
-    g.add_argument("--seq-length", type=int, required=True, help="tokens per sequence")
+    g.add_argument("--seq-length", type=int, default=None, help="tokens per sequence (required with --model / --hf-config)")
     g.add_argument("--micro-batch-size", type=int, default=1)
     g.add_argument("--precision", choices=("bf16", "fp32"), default="bf16",
                    help="bf16: bf16 params/activations, fp32 grads, fp32 Adam + master; fp32: all fp32, no master")
+    r = parser.add_argument_group("RL (a GRPO / PPO config)")
+    r.add_argument("--config", default=None,
+                   help="a GRPO / PPO YAML config: plan its layout with the policy, the critic (ppo), the frozen "
+                        "reference / original / reward models, the KV cache and the rollout buffers, then search")
+    r.add_argument("overrides", nargs="*", default=[], help="dotted overrides of --config (key=value)")
+    r.add_argument("--stage", choices=("grpo", "ppo"), default="grpo", help="with --config: the RL stage")
+    r.add_argument("--gpus", type=int, default=None,
+                   help="with --config: GPUs of the run (DP = gpus / (tp*pp*cp)); default one model replica")
     h = parser.add_argument_group("hardware")
     h.add_argument("--gpus-per-node", type=int, default=8, help="TP stays within a node; GPU counts step by this")
     h.add_argument("--gpu-memory", type=float, default=80.0, help="GiB per GPU")
@@ -75,7 +83,14 @@ def run(args: argparse.Namespace) -> int:
     from megatron_align.plan.report import build_report, format_text
     from megatron_align.plan.search import SearchSpace, search
 
+    if args.config:
+        return _plan_rl(args)
+    if args.overrides:
+        print(f"error: {args.overrides[0]!r}: key=value overrides go with --config", file=sys.stderr)
+        return 2
     try:
+        if args.seq_length is None:
+            raise ValueError("give --seq-length (or --config FILE.yaml for a GRPO / PPO config)")
         if not args.model and not args.hf_config:
             raise ModelSpecError("give --model PRESET or --hf-config path/config.json")
         arch = resolve_arch(args.model, args.hf_config)
@@ -102,6 +117,53 @@ def run(args: argparse.Namespace) -> int:
     rep = build_report(arch, args.hf_config or args.model, work, dtypes, space, args.gpu_memory, args.reserve,
                        result, top=args.top)
     print(json.dumps(rep, indent=2) if args.json else format_text(rep))
+    return 0
+
+
+def _plan_rl(args: argparse.Namespace) -> int:
+    """--config: the RL case (megatron_align.plan.rl) at the config's layout, then the search."""
+    from megatron_align.config.base import ConfigError, load_config, read_yaml
+    from megatron_align.models.families import ModelSpecError, resolve_arch
+    from megatron_align.plan.memory import GiB
+    from megatron_align.plan.rl import (STAGE_CONFIGS, config_layout, config_space, config_workload, layout_problem,
+                                        model_names, precision_dtypes, rl_evaluate, rl_workload)
+    from megatron_align.plan.rl_report import build_rl_report, format_rl_text
+    from megatron_align.plan.search import search
+
+    try:
+        if args.model or args.hf_config or args.seq_length:
+            raise ValueError("--config reads the model and sequence length from the file; drop --model / "
+                             "--hf-config / --seq-length (override with model.name=... data.seq_length=...)")
+        if not 0 <= args.reserve < 1:
+            raise ValueError(f"--reserve must be in [0, 1), got {args.reserve}")
+        if "rl" not in (read_yaml(args.config) or {}):
+            raise ConfigError(f"{args.config}: no `rl` section; `plan --config` plans GRPO / PPO configs (for SFT, "
+                              f"RM and DPO give --model or --hf-config and --seq-length)")
+        cfg = load_config(STAGE_CONFIGS[args.stage], args.config, args.overrides)
+        m = cfg.model
+        try:
+            arch = resolve_arch(m.name, m.hf_config, m.family, m.num_layers)
+            rm = cfg.rl.reward_model
+            reward_arch = resolve_arch(rm.name, rm.hf_config) if (rm.name or rm.hf_config) else arch
+        except ModelSpecError as exc:
+            raise ConfigError(f"{args.config}: {exc}") from None
+        dtypes = precision_dtypes(m.precision)
+        work = config_workload(cfg, dtypes)
+        rl = rl_workload(cfg, args.stage, arch, reward_arch)
+        layout = config_layout(cfg, args.gpus)
+        problem = layout_problem(arch, layout, rl, args.gpus_per_node)
+        if problem:
+            raise ConfigError(f"{args.config}: {problem}")
+        space = config_space(cfg, args.gpus_per_node, args.max_gpus, args.tp)
+        budget = args.gpu_memory * (1 - args.reserve) * GiB
+        result = search(arch, work, dtypes, space, budget, args.recompute,
+                        evaluator=lambda lay, mode: rl_evaluate(arch, lay, work, rl, dtypes, mode, args.gpus_per_node))
+    except (ConfigError, ModelSpecError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    rep = build_rl_report(arch, m.hf_config or m.name, rl, work, dtypes, layout, space, args.gpu_memory,
+                          args.reserve, result, model_names(cfg, rl), top=args.top)
+    print(json.dumps(rep, indent=2) if args.json else format_rl_text(rep))
     return 0
 
 

@@ -5,11 +5,43 @@ tokens) and PPO's critic settings. Key names follow issue 11 (``rl.num_generatio
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional
 
 from megatron_align.config.base import ConfigError, help_field
+from megatron_align.config.optim import OptimizerConfig
+
+
+@dataclass
+class FrozenLayout:
+    """Where a frozen model's weights live: its own TP x PP over the same GPUs (DP = GPUs / (tp*pp))."""
+
+    tp: Optional[int] = help_field(None, help="Tensor-parallel size of this model (null: the policy's parallel.tp).")
+    pp: Optional[int] = help_field(None, help="Pipeline-parallel size of this model (null: the policy's parallel.pp).")
+
+    def check(self, key: str) -> None:
+        """Called by the section that holds it (``key``: its dotted name, for the message)."""
+        for name in ("tp", "pp"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ConfigError(f"{key}.{name}: must be >= 1 or null, got {value}")
+
+    def resolve(self, tp: int, pp: int) -> tuple:
+        """(tp, pp) with nulls taken from the policy's layout."""
+        return (self.tp or tp, self.pp or pp)
+
+
+@dataclass
+class RewardModelConfig:
+    name: Optional[str] = help_field(None, help="Architecture preset of the reward model behind `type: model` rewards "
+                                                "(null with hf_config null: the policy's architecture).")
+    hf_config: Optional[str] = help_field(None, help="Its Hugging Face config.json (overrides name).")
+    parallel: FrozenLayout = help_field(default_factory=FrozenLayout, help="Its layout (frozen: weights only).")
+
+    def validate(self) -> None:
+        self.parallel.check("rl.reward_model.parallel")
 
 
 @dataclass
@@ -108,6 +140,8 @@ class KLSFTConfig:
         None, help="SFT samples per optimizer step (global, whatever the layout); null: micro_batches x "
                    "train.micro_batch_size.")
     load: Optional[str] = help_field(None, help="The original model's checkpoint (default: the policy's start).")
+    parallel: FrozenLayout = help_field(default_factory=FrozenLayout, help="The original model's layout (frozen: "
+                                                                          "weights only).")
 
     def validate(self) -> None:
         if self.gamma < 0:
@@ -118,6 +152,7 @@ class KLSFTConfig:
             raise ConfigError(f"rl.kl_sft.samples_per_step: must be >= 1 or null, got {self.samples_per_step}")
         if self.top_k < 1 or self.micro_batches < 1:
             raise ConfigError("rl.kl_sft.top_k and rl.kl_sft.micro_batches: must be >= 1")
+        self.parallel.check("rl.kl_sft.parallel")
 
 
 @dataclass
@@ -125,9 +160,14 @@ class PPOConfig:
     gamma: float = help_field(1.0, help="GAE discount γ.")
     lam: float = help_field(0.95, help="GAE λ.")
     value_clip: Optional[float] = help_field(0.2, help="Clip the value prediction to old ± this (null: off).")
-    value_loss_coef: float = help_field(0.5, help="Reported weight of the critic's loss (it has its own optimizer).")
-    critic_lr: float = help_field(5e-6, help="The critic's learning rate.")
-    critic_load: Optional[str] = help_field(None, help="Critic initial weights (default: the reward model's).")
+    critic_lr: float = help_field(5e-6, help="The critic's peak learning rate; its other optimizer settings are the "
+                                             "stage's `optim` section (min_lr capped at this lr).")
+    critic_optim: Optional[OptimizerConfig] = help_field(
+        None, help="A whole optimizer section for the critic (overrides critic_lr and the stage's `optim`).")
+    critic_load: Optional[str] = help_field(
+        None, help="Critic initial weights: a reward-model checkpoint (its reward head becomes the value head) or "
+                   "any checkpoint of the policy's architecture (an LM checkpoint gets a freshly initialised value "
+                   "head); null: the policy's start (train.load), value head fresh.")
     whiten_advantages: bool = help_field(True, help="Normalise GAE advantages over the batch.")
 
     def validate(self) -> None:
@@ -137,6 +177,12 @@ class PPOConfig:
             raise ConfigError(f"rl.ppo.value_clip: must be > 0 or null, got {self.value_clip}")
         if self.critic_lr <= 0:
             raise ConfigError(f"rl.ppo.critic_lr: must be > 0, got {self.critic_lr}")
+
+    def critic_optimizer(self, stage_optim: OptimizerConfig) -> OptimizerConfig:
+        """The critic's optimizer section: ``critic_optim``, else the stage's with ``lr = critic_lr``."""
+        if self.critic_optim is not None:
+            return self.critic_optim
+        return dataclasses.replace(stage_optim, lr=self.critic_lr, min_lr=min(stage_optim.min_lr, self.critic_lr))
 
 
 @dataclass
@@ -165,6 +211,11 @@ class RLConfig:
         default_factory=dict, help="Prompt-mix weight per category (prompt field `category`); unlisted categories "
                                    "weigh 1; 0 drops a category.")
     reference_load: Optional[str] = help_field(None, help="Reference model checkpoint (default: the policy's start).")
+    reference_parallel: FrozenLayout = help_field(default_factory=FrozenLayout,
+                                                  help="The reference model's layout (frozen: weights only).")
+    reward_model: RewardModelConfig = help_field(default_factory=RewardModelConfig,
+                                                 help="The reward model of `type: model` rewards: architecture and "
+                                                      "layout (what `megatron-align plan` counts).")
 
     def validate(self) -> None:
         for key in ("prompts_per_step", "num_generations", "steps_per_rollout", "epochs_per_rollout"):
@@ -182,6 +233,7 @@ class RLConfig:
         for cat, w in self.category_weights.items():
             if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w) or w < 0:
                 raise ConfigError(f"rl.category_weights.{cat}: must be a finite number >= 0, got {w!r}")
+        self.reference_parallel.check("rl.reference_parallel")
         names = [r.name or r.type for r in self.rewards]
         dup = {n for n in names if names.count(n) > 1}
         if dup:

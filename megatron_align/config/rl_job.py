@@ -35,6 +35,13 @@ class RLJobConfig(SFTConfig):
             raise ConfigError(f"data.seq_length={self.data.seq_length} cannot hold a group of rl.num_generations="
                               f"{self.rl.num_generations} x (rl.rollout.max_prompt_length={r.max_prompt_length} + "
                               f"rl.rollout.max_new_tokens={r.max_new_tokens}) = {need} tokens (a group shares a row)")
+        policy = (self.parallel.tp, self.parallel.pp)
+        for key, frozen in (("rl.reference_parallel", self.rl.reference_parallel),
+                            ("rl.kl_sft.parallel", self.rl.kl_sft.parallel),
+                            ("rl.reward_model.parallel", self.rl.reward_model.parallel)):
+            if frozen.resolve(*policy) != policy:
+                raise ConfigError(f"{key}: the RL stage runs frozen models at the policy's layout (tp={policy[0]}, "
+                                  f"pp={policy[1]}); other layouts are a planner option only for now (set null)")
         if self.parallel.interleaved_vpp:
             raise ConfigError("parallel.vpp: rollouts need one model chunk per rank (no interleaved pipeline)")
 

@@ -327,7 +327,7 @@ class Trainer:
         tokenizer_files = self.data.tokenizer.files()  # tokenizer, its config and chat template, next to the weights
         return save_training(self.cfg.output_dir, step, self.policy.chunks, self.optimizer, self.scheduler, state,
                              self.arch, keep_last=self.cfg.output.keep_last, tokenizer_files=tokenizer_files,
-                             extra=lambda d: self.stage.save_extra(self, d))
+                             extras=(lambda d: self.stage.save_extra(self, d),))
 
     def _stop_requested(self) -> bool:
         flag = torch.tensor([1 if self._stop_signal is not None else 0], dtype=torch.long, device=self.rt.device)

@@ -9,4 +9,6 @@
 - :mod:`~megatron_align.plan.flops`: recompute cost
 - :mod:`~megatron_align.plan.search`: the TP/PP/CP/DP grid and the minimum GPU count
 - :mod:`~megatron_align.plan.report`: the printed table and the JSON dict
+- :mod:`~megatron_align.plan.rl`: the RL case (`plan --config`): critic, frozen models, KV cache, rollout buffers
+- :mod:`~megatron_align.plan.rl_report`: its per-stage table and JSON dict
 """

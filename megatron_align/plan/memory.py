@@ -25,9 +25,10 @@ from typing import Dict, List, Optional
 
 from megatron_align.models.arch import ArchSpec, padded_vocab_size
 from megatron_align.plan import activations as act
-from megatron_align.plan.params import buffer_layout, rank_parameters, shard_elements
+from megatron_align.plan.params import SCALAR_HEAD, buffer_layout, rank_parameters, shard_elements
 
 GiB = 1024 ** 3
+FP32_BYTES = 4
 RECOMPUTE_MODES = ("none", "selective", "full", "kblock")
 
 
@@ -96,13 +97,19 @@ class StaticMemory:
 @lru_cache(maxsize=4096)
 def static_memory(arch: ArchSpec, tp: int, pp: int, pp_rank: int, vpp: Optional[int], dp_cp: int,
                   distributed_optimizer: bool, dtypes: Dtypes, vocab_divisible_by: int = 128,
-                  dp_rank: Optional[int] = None) -> StaticMemory:
+                  dp_rank: Optional[int] = None, head: str = "lm") -> StaticMemory:
     """Exact bytes of weights, gradient buffer and optimizer states on one rank.
 
-    ``dp_rank``: that data-parallel (x CP) rank's optimizer shard; None: the largest shard."""
+    ``dp_rank``: that data-parallel (x CP) rank's optimizer shard; None: the largest shard.
+    ``head`` reward / value: the scalar head is an fp32 parameter; with bf16 params megatron's DDP puts it
+    in a buffer of its own (one per dtype): fp32 weight and grad, Adam states without a master copy."""
     n_params = buf = 0
     shard = [0] * dp_cp
-    for chunk in rank_parameters(arch, tp, pp, pp_rank, vpp, vocab_divisible_by):
+    head_params = []
+    for chunk in rank_parameters(arch, tp, pp, pp_rank, vpp, vocab_divisible_by, head):
+        if dtypes.params != FP32_BYTES:
+            head_params += [p for p in chunk if p.name == SCALAR_HEAD]
+            chunk = [p for p in chunk if p.name != SCALAR_HEAD]
         layout = buffer_layout(chunk, dp_cp, distributed_optimizer)
         real = sum(p.numel for p in chunk)
         n_params += real
@@ -115,7 +122,18 @@ def static_memory(arch: ArchSpec, tp: int, pp: int, pp_rank: int, vpp: Optional[
         opt_elems = max(shard) if dp_rank is None else shard[dp_rank]
     weights = (buf if distributed_optimizer else n_params) * dtypes.params
     per_elem = 2 * dtypes.optim_state + dtypes.main_params
-    return StaticMemory(n_params, weights, buf * dtypes.grads, opt_elems * per_elem, opt_elems)
+    grads, optimizer = buf * dtypes.grads, opt_elems * per_elem
+    if head_params:  # the fp32 scalar head's own buffer
+        layout = buffer_layout(head_params, dp_cp, distributed_optimizer)
+        real = sum(p.numel for p in head_params)
+        n_params += real
+        own = (max(shard_elements(layout, dp_cp)) if dp_rank is None else shard_elements(layout, dp_cp)[dp_rank]) \
+            if distributed_optimizer else real
+        weights += (layout.numel if distributed_optimizer else real) * FP32_BYTES
+        grads += layout.numel * FP32_BYTES
+        optimizer += own * 2 * dtypes.optim_state
+        opt_elems += own
+    return StaticMemory(n_params, weights, grads, optimizer, opt_elems)
 
 
 @dataclass

@@ -23,6 +23,9 @@ from typing import List, Optional, Sequence, Tuple
 from megatron_align.models.arch import ArchSpec, padded_vocab_size
 
 
+SCALAR_HEAD = "reward_head.weight"
+
+
 @dataclass(frozen=True)
 class Param:
     name: str
@@ -55,8 +58,12 @@ def check_layout(arch: ArchSpec, tp: int, pp: int, vpp: Optional[int] = None) ->
 
 
 def rank_parameters(arch: ArchSpec, tp: int, pp: int, pp_rank: int, vpp: Optional[int] = None,
-                    vocab_divisible_by: int = 128) -> List[List[Param]]:
-    """One list per model chunk (VPP) of the parameters a (tp, pp_rank) rank holds, module order."""
+                    vocab_divisible_by: int = 128, head: str = "lm") -> List[List[Param]]:
+    """One list per model chunk (VPP) of the parameters a (tp, pp_rank) rank holds, module order.
+
+    ``head`` reward / value (:mod:`megatron_align.models.heads`): the last stage holds the replicated
+    ``[1, h]`` ``reward_head.weight`` instead of the output layer (fp32 in the model; callers that count
+    bytes price it with :data:`SCALAR_HEAD`)."""
     check_layout(arch, tp, pp, vpp)
     v = vpp or 1
     per_chunk = arch.num_layers // (pp * v)
@@ -69,13 +76,15 @@ def rank_parameters(arch: ArchSpec, tp: int, pp: int, pp_rank: int, vpp: Optiona
         params: List[Param] = []
         if first:
             params.append(Param("embedding.word_embeddings.weight", table,
-                                shared_embedding=arch.tie_embeddings and not last))
+                                shared_embedding=arch.tie_embeddings and head == "lm" and not last))
         # megatron numbers layers within a chunk from 0 (global offset = (vs * pp + pp_rank) * per_chunk)
         for i in range(per_chunk):
             params += _layer_params(arch, tp, i)
         if last:
             params.append(Param("decoder.final_layernorm.weight", arch.hidden_size))
-            if not (arch.tie_embeddings and first):
+            if head != "lm":
+                params.append(Param(SCALAR_HEAD, arch.hidden_size))
+            elif not (arch.tie_embeddings and first):
                 params.append(Param("output_layer.weight", table, shared_embedding=arch.tie_embeddings))
         chunks.append(params)
     return chunks

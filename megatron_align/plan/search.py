@@ -10,7 +10,7 @@ the rest of the workload are fixed by :class:`~megatron_align.plan.memory.Worklo
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from megatron_align.models.arch import ArchSpec, padded_vocab_size
 from megatron_align.plan.flops import recompute_overhead
@@ -78,8 +78,14 @@ class SearchResult:
     feasible: List[Candidate]  # every feasible (layout, mode) up to the largest minimum, sorted
 
 
+Evaluator = Callable[[Layout, str], Optional[Candidate]]
+
+
 def search(arch: ArchSpec, work: Workload, dtypes: Dtypes, space: SearchSpace, budget_bytes: float,
-           modes: Sequence[str] = RECOMPUTE_MODES) -> SearchResult:
+           modes: Sequence[str] = RECOMPUTE_MODES, evaluator: Optional[Evaluator] = None) -> SearchResult:
+    """``evaluator(layout, mode)``: the candidate (None: the layout cannot run); default the training job
+    of :func:`evaluate` (the RL case passes its own, :mod:`megatron_align.plan.rl`)."""
+    ev = evaluator or (lambda layout, mode: evaluate(arch, layout, work, dtypes, mode))
     for m in modes:
         if m not in RECOMPUTE_MODES:
             raise ValueError(f"recompute mode {m!r}: choose from {', '.join(RECOMPUTE_MODES)}")
@@ -92,8 +98,8 @@ def search(arch: ArchSpec, work: Workload, dtypes: Dtypes, space: SearchSpace, b
             break
         for layout in layouts(arch, work.seq_length, gpus, space):
             for mode in modes:
-                cand = evaluate(arch, layout, work, dtypes, mode)
-                if cand.memory.total <= budget_bytes:
+                cand = ev(layout, mode)
+                if cand is not None and cand.memory.total <= budget_bytes:
                     feasible.append(cand)
         for mode in pending:
             fits = sorted((c for c in feasible if c.recompute == mode and c.layout.gpus == gpus),
