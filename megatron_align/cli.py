@@ -35,6 +35,7 @@ COMMANDS: Dict[str, Command] = {
     "merge": Command("megatron_align.commands.merge", "merge checkpoints: linear, task arithmetic, Model Stock, TIES, DARE"),
     "evaluate": Command("megatron_align.commands.evaluate", "eval loss of checkpoints, overall and per category"),
     "grpo": Command("megatron_align.commands.grpo", "online GRPO: rollouts, rewards (rules, functions, a reward model), top-k KL"),
+    "ppo": Command("megatron_align.commands.ppo", "online PPO with a critic (GAE, value clipping) on the GRPO rollouts"),
     "data": Command("megatron_align.commands.data", "preview: rendered samples with the trained spans marked"),
 }
 

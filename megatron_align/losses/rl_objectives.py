@@ -149,11 +149,11 @@ class GRPOObjective(Objective):
     """GRPO's clipped surrogate with TRL's reductions (unit SEQUENCE for grpo / dr_grpo, TOKEN for bnpo / dapo),
     plus β·KL to the reference and γ·KL to the original model on SFT micro-batches."""
 
-    def __init__(self, rl, categories: Sequence[str] = ()) -> None:
+    def __init__(self, rl, categories: Sequence[str] = (), kl_in_reward: bool = False) -> None:
         self.rl = rl
         self.temperature = sampling_temperature(rl.rollout.temperature)
         self.unit = Unit.SEQUENCE if rl.loss_type in ("grpo", "dr_grpo") else Unit.TOKEN
-        self.use_kl = rl.kl.beta > 0 and not rl.kl.in_reward
+        self.use_kl = rl.kl.beta > 0 and not (rl.kl.in_reward or kl_in_reward)
         self.categories = tuple(categories)
         self.generation_tokens: Optional[float] = None  # dapo: completion tokens of the whole rollout batch
         self.metric_specs = {k: MetricSpec("mean") for k in (
@@ -176,10 +176,12 @@ class GRPOObjective(Objective):
         logp = logp_flat[idx]
         old = inputs.extra["old_logp"].reshape(-1)[idx] if "old_logp" in inputs.extra else logp.detach()
         kl = kl_flat = None
-        if rl.kl.beta > 0:
+        if rl.kl.beta > 0 and ("ref_vals" in inputs.extra or "ref_logp" in inputs.extra):
             kl_flat = self._reference_kl(inputs, output, logp_flat)
             kl = kl_flat[idx]
-        adv = docs.values["adv"].to(logp.dtype)
+        # per-token advantages (PPO's GAE) when the stage stored them, else one per completion (GRPO)
+        adv = inputs.extra["adv_tok"].reshape(-1)[idx].to(logp.dtype) if "adv_tok" in inputs.extra \
+            else docs.values["adv"].to(logp.dtype)
         from megatron_align.losses.rl import clipped_policy_loss, reduce_policy_loss
 
         terms = clipped_policy_loss(logp, old, adv, eps_low=rl.epsilon_low, eps_high=rl.eps_high,

@@ -236,15 +236,28 @@ class RLTrainer(Trainer):
                                                      for d in u.docs))
         for _, inputs in batches:
             self.prepare_rollout_inputs(inputs)
+        self.before_updates(batches)
         records = []
         for _ in range(rl.epochs_per_rollout):
             for mbs, inputs in batches:
                 records.append(self.update(mbs, inputs))
+                records[-1].update(self.after_update(mbs, inputs))
         out = {k: sum(r[k] for r in records if k in r) / sum(1 for r in records if k in r)
                for k in records[0]}
         out["tokens"] = int(sum(r["tokens"] for r in records))
         out["updates"] = len(records)
         return out
+
+    def before_updates(self, batches) -> None:
+        """After the forward-only passes, before the first update (PPO: values, KL-penalised rewards, GAE)."""
+
+    def after_update(self, mbs, inputs) -> Dict[str, float]:
+        """After each policy update (PPO: the critic's update); metrics to add to its record."""
+        return {}
+
+    @property
+    def needs_old_logps(self) -> bool:
+        return self.updates_per_step > 1
 
     def prepare_rollout_inputs(self, inputs) -> None:
         """Forward-only passes before any update: old log-probs (when one rollout feeds several updates) and the
@@ -253,8 +266,6 @@ class RLTrainer(Trainer):
 
         rl = self.cfg.rl
         temp = sampling_temperature(rl.rollout.temperature)
-        if self.updates_per_step > 1:
-            self.policy.run(inputs, Collect(lambda x, out: {"old_logp": token_logps(x, out, temp)}), forward_only=True)
         if self.ref_session is not None:
             if rl.kl.estimator == "topk":
                 def fn(x, out):
@@ -264,6 +275,14 @@ class RLTrainer(Trainer):
                 def fn(x, out):
                     return {"ref_logp": token_logps(x, out, temp)}
             self.ref_session.run(inputs, Collect(fn), forward_only=True)
+        if self.needs_old_logps:
+            self.policy.run(inputs, Collect(self.old_policy_fn), forward_only=True)
+
+    def old_policy_fn(self, x, out) -> Dict[str, torch.Tensor]:
+        """What the forward-only pass of the rollout's policy stores per micro-batch: the old log-probs."""
+        from megatron_align.losses.rl_objectives import sampling_temperature, token_logps
+
+        return {"old_logp": token_logps(x, out, sampling_temperature(self.cfg.rl.rollout.temperature))}
 
     def kl_sft_inputs(self):
         """This step's SFT micro-batches with the original model's top-k logits at their loss tokens, and their

@@ -22,7 +22,7 @@ from megatron_align.stages.rl_prompts import Group, Prompt
 
 class RolloutDataset:
     """Groups as units: document j of group g is prompt + completion j (loss on the completion tokens),
-    ``values["adv"]`` its advantage. ``ds[i]`` / ``get_units`` / ``lengths`` as the trainer expects."""
+    ``values["adv"]`` its advantage (GRPO), ``values["score"]`` its reward. ``ds[i]`` / ``get_units`` / ``lengths`` as the trainer expects."""
 
     def __init__(self, groups: Sequence[Group]) -> None:
         self.groups = list(groups)
@@ -33,7 +33,8 @@ class RolloutDataset:
             for j, comp in enumerate(g.completions):
                 ids = np.asarray(list(g.prompt.ids) + list(comp), dtype=np.int64)
                 mask = np.concatenate([np.zeros(len(g.prompt.ids), np.uint8), np.ones(len(comp), np.uint8)])
-                docs.append(Sample(k, ids, mask, g.prompt.category, j, {"adv": float(g.advantages[j])}))
+                adv = float(g.advantages[j]) if g.advantages else 0.0
+                docs.append(Sample(k, ids, mask, g.prompt.category, j, {"adv": adv, "score": float(g.rewards[j])}))
                 k += 1
             self._units.append(Unit(u, docs, g.prompt.category, None))
         self.lengths = np.asarray([len(u) for u in self._units], dtype=np.int64)
