@@ -140,3 +140,22 @@ def final_weights(run_dir: str):
                 out[os.path.relpath(os.path.join(root, f), ckpt)] = open(os.path.join(root, f), "rb").read()
     del torch
     return out
+
+
+def learn(name: str, overrides: List[str]):
+    """A run from scratch; the held-out eval at the start weights and at the end."""
+    from megatron_align.engine.trainer import run_trainer
+
+    trainer = trainer_for(name, load(name, overrides, base=False))
+    box = {}
+    setup = trainer.setup
+
+    def setup_then_eval():
+        setup()
+        box["before"] = trainer.evaluate()
+
+    trainer.setup = setup_then_eval
+    out = run_trainer(trainer)
+    after = {k: v for k, v in out.items() if k.startswith("eval_")}
+    return {"before": box["before"], "after": after, "last": {k: v for k, v in out.items()
+                                                              if isinstance(v, (int, float))}}
