@@ -159,3 +159,49 @@ def learn(name: str, overrides: List[str]):
     after = {k: v for k, v in out.items() if k.startswith("eval_")}
     return {"before": box["before"], "after": after, "last": {k: v for k, v in out.items()
                                                               if isinstance(v, (int, float))}}
+
+
+class FakeEngine:
+    """A generation engine (the GenerationEngine protocol) that answers from a fixed table: completion k of a
+    call is ``table[k % len(table)]``, finish "stop" when it ends with a stop id."""
+
+    def __init__(self, table):
+        self.table = table
+
+    def generate(self, prompts, params):
+        from megatron_align.rollout.engine import truncate_at_stop
+
+        out = []
+        for k, p in enumerate(prompts):
+            ids = list(self.table[(len(p) + k) % len(self.table)])
+            out.append(truncate_at_stop(ids, [0.0] * len(ids), params.stop_ids, params.max_new_tokens))
+        return out
+
+
+def roll_with_fake_engine(reward_path: str, dp_rank_of_world: bool):
+    """Roller over a fake engine on 1 or 2 ranks (each rank its own DP replica): groups, rewards and failure
+    counts gathered on every rank, in prompt order."""
+    import torch.distributed as dist
+
+    from megatron_align.config.base import from_dict
+    from megatron_align.config.rl import RolloutConfig
+    from megatron_align.data.builder import tokenizer_and_template
+    from megatron_align.data.config import DataConfig
+    from megatron_align.rewards import build_reward
+    from megatron_align.stages.rl_prompts import PromptDataset
+    from megatron_align.stages.rl_rollout import Roller, rollout_metrics, stop_ids
+
+    dist.init_process_group("gloo")
+    tok, template = tokenizer_and_template(DataConfig(), "llama")
+    ds = PromptDataset(os.path.join(TINY, "rl_prompts_eval.jsonl"), template, 64)
+    reward = build_reward([{"name": "nanny", "type": "function", "params": {"path": reward_path}},
+                           {"name": "len", "type": "length", "weight": 0.5, "params": {"unit": "chars", "max": 8}}])
+    table = [tok.encode("aeiou"), tok.encode("xyz bcd"), tok.encode("oo") + [stop_ids(tok, template)[0]]]
+    rank, world = dist.get_rank(), dist.get_world_size()
+    roller = Roller(FakeEngine(table), reward, tok, from_dict(RolloutConfig, {"max_new_tokens": 5}),
+                    stop_ids(tok, template), rank if dp_rank_of_world else 0, world if dp_rank_of_world else 1)
+    groups, stats = roller.run([ds[i] for i in range(6)], 3, step=0)
+    m = rollout_metrics(groups, stats, ["line", "name", "word"])
+    texts = [tok.decode(c, skip_special_tokens=True) for g in groups for c in g.completions]
+    return {"rewards": [g.rewards for g in groups], "completions": [g.completions for g in groups], "texts": texts,
+            "truncated": [g.truncated for g in groups], "failures": stats.failures, "metrics": m}
