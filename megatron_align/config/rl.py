@@ -38,6 +38,8 @@ class RewardModelConfig:
     name: Optional[str] = help_field(None, help="Architecture preset of the reward model behind `type: model` rewards "
                                                 "(null with hf_config null: the policy's architecture).")
     hf_config: Optional[str] = help_field(None, help="Its Hugging Face config.json (overrides name).")
+    load: Optional[str] = help_field(None, help="The reward-model checkpoint (a `megatron-align rm` run or step) that "
+                                                "scores `type: model` rewards (scorer name: params.scorer, default rm).")
     parallel: FrozenLayout = help_field(default_factory=FrozenLayout, help="Its layout (frozen: weights only).")
 
     def validate(self) -> None:

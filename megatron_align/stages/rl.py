@@ -54,7 +54,7 @@ class RLStage(Stage):
         if missing:
             raise ConfigError(f"rl.category_weights: no prompt of {rl.prompts} has category {missing[0]!r} "
                               f"(categories: {', '.join(train.categories) or 'none'})")
-        self.reward = self.build_reward()  # a bad reward (e.g. a missing function file) fails before any model
+        self.reward = self.build_reward(tok)  # a bad reward (e.g. a missing function file) fails before any model
         summary = f"train {train.stats.summary()}"
         if evalds is not None:
             summary += f"; eval {evalds.stats.summary()}"
@@ -62,13 +62,25 @@ class RLStage(Stage):
                     f"{rl.loss_type}, KL beta {rl.kl.beta} ({rl.kl.estimator}), kl_sft gamma {rl.kl_sft.gamma}")
         return StageData(tok, train, evalds, groups={"category": cats}, summary=summary)
 
-    def build_reward(self):
+    def build_reward(self, tokenizer=None):
         """``rl.rewards`` as one :class:`~megatron_align.rewards.CombinedReward` (user-function paths relative to
-        the working directory); a bad component is a ConfigError naming ``rl.rewards[i]``."""
-        from megatron_align.rewards import RewardConfigError, build_reward
+        the working directory); a bad component is a ConfigError naming ``rl.rewards[i]``. ``type: model`` rewards
+        score with the frozen reward model of ``rl.reward_model.load`` (registered under their ``scorer`` names)."""
+        from megatron_align.rewards import RewardConfigError, build_reward, register_scorer
 
         if not self.cfg.rl.rewards:
             raise ConfigError("rl.rewards: at least one reward component is required")
+        scorers = {(r.params or {}).get("scorer", "rm") for r in self.cfg.rl.rewards if r.type == "model"}
+        if scorers and tokenizer is not None:
+            import torch
+
+            from megatron_align.stages.rl_reward_model import build_scorer
+
+            device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else \
+                torch.device("cpu")
+            self.reward_scorer = build_scorer(self.cfg, self.template, tokenizer, device)
+            for name in scorers:
+                register_scorer(name, self.reward_scorer)
         try:
             return build_reward(self.cfg.rl.rewards, base_dir="")
         except RewardConfigError as exc:

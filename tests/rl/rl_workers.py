@@ -205,3 +205,34 @@ def roll_with_fake_engine(reward_path: str, dp_rank_of_world: bool):
     texts = [tok.decode(c, skip_special_tokens=True) for g in groups for c in g.completions]
     return {"rewards": [g.rewards for g in groups], "completions": [g.completions for g in groups], "texts": texts,
             "truncated": [g.truncated for g in groups], "failures": stats.failures, "metrics": m}
+
+
+def rm_scores_vs_direct(rm_dir: str):
+    """The stage's reward-model scorer against a direct forward of the same sequences (the `score` command's
+    per-document pass): rewards of three prompt/response pairs."""
+    import numpy as np
+
+    from megatron_align.data.samples import Sample
+    from megatron_align.engine.collect import run_per_document
+    from megatron_align.runtime import setup_runtime, teardown
+    from megatron_align.stages.rl_reward_model import build_scorer
+
+    cfg = load("grpo", [f"rl.reward_model.load={rm_dir}", "rl.rewards=[{type: model}]"])
+    rt = setup_runtime(cfg.parallel, seed=0)
+    try:
+        from megatron_align.data.builder import tokenizer_and_template
+
+        tok, template = tokenizer_and_template(cfg.data, "llama")
+        scorer = build_scorer(cfg, template, tok, rt.device)
+        samples = [{"prompt": "Say a vowel word."}, {"prompt": "Type a line.", "category": "line"},
+                   {"messages": [{"role": "user", "content": "Hi"}]}]
+        responses = ["aeiou", "xyz", ""]
+        got = scorer.score(["p"] * 3, responses, samples)
+        docs = [Sample(i, scorer.encode(r, s), np.ones(len(scorer.encode(r, s)), np.uint8))
+                for i, (r, s) in enumerate(zip(responses, samples))]
+        direct = run_per_document(scorer.session, docs,
+                                  lambda x, v: dict(zip(x.docs.sample_ids, v.reshape(-1)[x.docs.last].tolist())),
+                                  device=rt.device)
+        return {"got": got, "direct": [direct[i] for i in range(3)] if direct is not None else None}
+    finally:
+        teardown()
