@@ -2,8 +2,8 @@
 
 In an RL job ``data`` gives the tokenizer, the chat template and the training rows (``data.seq_length``,
 ``data.packing``); the prompts come from ``rl.prompts`` (``data.path`` / ``data.eval_path`` are not read). A
-GRPO group (one prompt and its ``rl.num_generations`` completions) is one unit and shares a row, so
-``data.seq_length`` must hold ``num_generations x (max_prompt_length + max_new_tokens)`` tokens.
+GRPO group (one prompt and its ``rl.num_generations`` completions) stays on one data-parallel rank; each
+completion (prompt + response, at most ``max_prompt_length + max_new_tokens`` tokens) is a packed document.
 """
 
 from __future__ import annotations
@@ -30,11 +30,11 @@ class RLJobConfig(SFTConfig):
         if not self.rl.prompts:
             raise ConfigError("rl.prompts: required (a JSONL file of prompt records)")
         r = self.rl.rollout
-        need = self.rl.num_generations * (r.max_prompt_length + r.max_new_tokens)
+        need = r.max_prompt_length + r.max_new_tokens
         if need > self.data.seq_length:
-            raise ConfigError(f"data.seq_length={self.data.seq_length} cannot hold a group of rl.num_generations="
-                              f"{self.rl.num_generations} x (rl.rollout.max_prompt_length={r.max_prompt_length} + "
-                              f"rl.rollout.max_new_tokens={r.max_new_tokens}) = {need} tokens (a group shares a row)")
+            raise ConfigError(f"data.seq_length={self.data.seq_length} cannot hold a prompt and its completion: "
+                              f"rl.rollout.max_prompt_length={r.max_prompt_length} + rl.rollout.max_new_tokens="
+                              f"{r.max_new_tokens} = {need} tokens")
         policy = (self.parallel.tp, self.parallel.pp)
         for key, frozen in (("rl.reference_parallel", self.rl.reference_parallel),
                             ("rl.kl_sft.parallel", self.rl.kl_sft.parallel),
@@ -48,7 +48,11 @@ class RLJobConfig(SFTConfig):
 
 @dataclass
 class GRPOJobConfig(RLJobConfig):
-    pass
+    def validate(self) -> None:
+        super().validate()
+        if self.rl.kl.in_reward:
+            raise ConfigError("rl.kl.in_reward: GRPO adds β·KL to the loss (per token); the KL in the reward is PPO's "
+                              "form (`megatron-align ppo` always puts it there)")
 
 
 @dataclass

@@ -5,7 +5,7 @@ Each data-parallel replica of the generating model (the policy at its training l
 replica refreshed by :class:`~megatron_align.rollout.refit.Refitter`) generates and scores its share of the
 prompts; the results (ids and rewards, small) are then gathered on every rank, so the rollout batch, its
 advantages and its metrics are the same everywhere and the trainer shards the *groups* over data-parallel ranks
-like any other units (a group never straddles ranks, micro-batches or rows).
+like any other units (a group never straddles data-parallel ranks; its completions are packed as documents).
 """
 
 from __future__ import annotations
@@ -47,7 +47,10 @@ class RolloutDataset:
         return self._units[int(i)]
 
     def get_units(self, ids: Sequence[int]) -> List[Unit]:
-        return [self._units[int(i)] for i in ids]
+        """The completions of groups ``ids``, one unit each: the trainer shards *groups* over data-parallel ranks
+        (``lengths`` are the groups'), so a group stays on one rank, and packs its completions as separate
+        documents (a row holds one prompt + completion at least, not a whole group)."""
+        return [Unit(d.sample_id, [d], u.category, None) for i in ids for u in [self._units[int(i)]] for d in u.docs]
 
 
 def stop_ids(tokenizer, template, extra: Sequence[str] = ()) -> List[int]:
