@@ -61,8 +61,8 @@ def fixed_groups(seed: int, n_groups: int, n_gen: int, vocab: int):
 
 
 def train_fixed_rollout(name: str, overrides: List[str], seed: int = 3):
-    """Set up a trainer and run its updates on a fixed synthetic rollout (no generation): the loss, grad norm and
-    metrics of each update, which must not depend on the layout."""
+    """Set up a trainer and run its updates on a fixed synthetic rollout: the loss, grad norm and metrics of each
+    update, which must not depend on the layout, then the held-out eval (generation at the updated weights)."""
     from megatron_align.runtime import teardown
     from megatron_align.stages.rl_rollout import RolloutDataset
 
@@ -82,7 +82,7 @@ def train_fixed_rollout(name: str, overrides: List[str], seed: int = 3):
 
         trainer.update = update
         trainer.train_on_rollout(RolloutDataset(groups))
-        return records
+        return records + [trainer.evaluate()]  # greedy held-out completions at the updated weights
     finally:
         teardown()
 
