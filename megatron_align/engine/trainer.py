@@ -53,6 +53,10 @@ class Stage(abc.ABC):
     name = "stage"
     #: per-document values (Sample.values) the objective reads, moved to the device with each micro-batch
     value_keys: Tuple[str, ...] = ()
+    #: what one item of the sampler's global batch is called in the log (None: from the objective's unit)
+    batch_unit: Optional[str] = None
+    #: metrics the log line shows after the loss (when a record has them)
+    log_keys: Tuple[str, ...] = ()
 
     def __init__(self, cfg) -> None:
         self.cfg = cfg
@@ -357,8 +361,9 @@ class Trainer:
             os.makedirs(cfg.output_dir, exist_ok=True)
             with open(os.path.join(cfg.output_dir, "config.yaml"), "w") as f:
                 f.write(dump_yaml(cfg))
-            log(f"data: {self.data.summary}; {total} steps of {self.sampler.global_batch_size} "
-                f"{'samples' if self.objective.unit.value == 'token' else self.objective.unit.value + 's'}; "
+            unit = self.stage.batch_unit or ('samples' if self.objective.unit.value == 'token'
+                                             else self.objective.unit.value + 's')
+            log(f"data: {self.data.summary}; {total} steps of {self.sampler.global_batch_size} {unit}; "
                 f"dp={self.dp_size} tp={cfg.parallel.tp} pp={cfg.parallel.pp}"
                 f"{' vpp=' + str(cfg.parallel.vpp) if cfg.parallel.vpp else ''} sp={cfg.parallel.sp}")
         if self.start_step:
@@ -392,7 +397,8 @@ class Trainer:
                 bar.update(1)
                 bar.set_postfix(loss=f"{record['loss']:.4f}", tok_s=f"{record['tokens_per_sec']:.0f}")
             elif self.is_main and step % cfg.train.log_interval == 0:
-                log(f"step {step}/{total} loss {record['loss']:.4f} lr {record['lr']:.3g} "
+                extra = "".join(f" {k} {record[k]:.4g}" for k in self.stage.log_keys if k in record)
+                log(f"step {step}/{total} loss {record['loss']:.4f}{extra} lr {record['lr']:.3g} "
                     f"grad_norm {record['grad_norm']:.3f}")
             if cfg.train.eval_interval and step % cfg.train.eval_interval == 0 and step < total:
                 writer.log({"step": step, "kind": "eval", **self.evaluate()})

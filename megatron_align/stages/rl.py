@@ -32,6 +32,8 @@ from megatron_align.engine.trainer import Stage, StageData, Trainer, run_trainer
 class RLStage(Stage):
     name = "grpo"
     value_keys = ("adv",)
+    batch_unit = "prompts"
+    log_keys = ("reward", "kl", "entropy", "response_length", "value_loss")
 
     def __init__(self, cfg) -> None:
         super().__init__(cfg)
