@@ -69,6 +69,7 @@ def _train_records(run_dir):
         return [r for r in map(json.loads, f) if r.get("kind", "train") == "train"]
 
 
+@pytest.mark.slow
 def test_resume_is_exact(tmp_path):
     straight, resumed = str(tmp_path / "a"), str(tmp_path / "b")
     common = ["train.max_steps=4", "optim.decay_style=constant", "rl.steps_per_rollout=2", "train.log_interval=1"]

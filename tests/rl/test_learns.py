@@ -6,7 +6,7 @@ import pytest
 from helpers.dist import run_distributed
 from rl.rl_workers import learn
 
-pytestmark = [pytest.mark.distributed]
+pytestmark = [pytest.mark.distributed, pytest.mark.slow]
 
 QUICK = ["model.num_layers=2", "rl.rollout.max_new_tokens=4", "train.eval_interval=0", "output.tensorboard=false"]
 
