@@ -236,3 +236,47 @@ def rm_scores_vs_direct(rm_dir: str):
         return {"got": got, "direct": [direct[i] for i in range(3)] if direct is not None else None}
     finally:
         teardown()
+
+
+def ppo_advantages_vs_manual(overrides: List[str]):
+    """PPO's per-token advantages and returns on a fixed rollout against a hand computation: the critic's values,
+    KL-penalised token rewards (k3 of the stored old / reference log-probs), GAE, whitening over the batch."""
+    import torch
+
+    from megatron_align.losses.rl import gae, kl_k3
+    from megatron_align.runtime import teardown
+    from megatron_align.stages.critic import _response_positions
+    from megatron_align.stages.rl_rollout import RolloutDataset
+
+    trainer = trainer_for("ppo", load("ppo", overrides))
+    try:
+        trainer.setup()
+        rl = trainer.cfg.rl
+        groups = fixed_groups(4, rl.prompts_per_step, rl.num_generations, 1536)
+        ds = RolloutDataset(groups)
+        mbs, inputs = trainer.micro_batches(ds, list(range(len(ds))))
+        trainer.prepare_rollout_inputs(inputs)
+        values = trainer.stage.critic.values(inputs)
+        trainer.before_updates([(mbs, inputs)])
+        advs, rets, got_a, got_r, kls = [], [], [], [], []
+        for x in inputs:
+            for d, (sid, pos) in enumerate(_response_positions(x)):
+                old = x.extra["old_logp"].reshape(-1)[pos].double()
+                ref = x.extra["ref_logp"].reshape(-1)[pos].double()
+                r = -rl.kl.beta * kl_k3(old, ref)
+                kls.append(kl_k3(old, ref))
+                r[-1] += float(x.docs.values["score"][d])
+                a, ret = gae(r[None], values[sid].double()[None], torch.ones(1, len(pos)), gamma=rl.ppo.gamma,
+                             lam=rl.ppo.lam)
+                advs.append(a[0])
+                rets.append(ret[0])
+                got_a.append(x.extra["adv_tok"].reshape(-1)[pos].double())
+                got_r.append(x.extra["returns"].reshape(-1)[pos].double())
+        a = torch.cat(advs)
+        want_a = (a - a.mean()) / torch.sqrt(a.var(unbiased=True) + 1e-8)
+        return {"adv_err": float((torch.cat(got_a) - want_a).abs().max()),
+                "ret_err": float((torch.cat(got_r) - torch.cat(rets)).abs().max()),
+                "adv_std": float(torch.cat(got_a).std()), "n": int(a.numel()),
+                "kl_max": float(torch.cat(kls).abs().max())}
+    finally:
+        teardown()
