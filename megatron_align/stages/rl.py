@@ -235,8 +235,13 @@ class RLTrainer(Trainer):
         return metrics
 
     def _report_failures(self, stats) -> None:
+        """The first failure of each reward component in the log (every failure is counted in the metrics)."""
+        logged = self.__dict__.setdefault("_failures_logged", set())
         for name, err in stats.errors.items():
-            self.log(f"reward {name}: {stats.failures.get(name, 0)} completion(s) got the fallback ({err})")
+            if name not in logged:
+                logged.add(name)
+                self.log(f"reward {name}: {stats.failures.get(name, 0)} completion(s) got the fallback ({err}); "
+                         f"counted in reward_failures/{name}")
 
     def train_on_rollout(self, dataset) -> Dict[str, float]:
         """``rl.epochs_per_rollout`` x ``rl.steps_per_rollout`` optimizer steps on one rollout dataset; the
