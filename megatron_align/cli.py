@@ -34,6 +34,8 @@ COMMANDS: Dict[str, Command] = {
     "plan": Command("megatron_align.commands.plan", "memory and parallelism planner"),
     "merge": Command("megatron_align.commands.merge", "merge checkpoints: linear, task arithmetic, Model Stock, TIES, DARE"),
     "evaluate": Command("megatron_align.commands.evaluate", "eval loss of checkpoints, overall and per category"),
+    "grpo": Command("megatron_align.commands.grpo", "online GRPO: rollouts, rewards (rules, functions, a reward model), top-k KL"),
+    "ppo": Command("megatron_align.commands.ppo", "online PPO with a critic (GAE, value clipping) on the GRPO rollouts"),
     "data": Command("megatron_align.commands.data", "preview: rendered samples with the trained spans marked"),
     "prompts": Command("megatron_align.commands.prompts", "prompt selection: dedup, layered clustering, quality, sampling"),
     "pas": Command("megatron_align.commands.pas", "PAS: generate complements (teacher + critic), augment prompts, serve"),

@@ -19,6 +19,7 @@ COMPAT_PATHS = (
     "ops/test_tensor_parallel.py",
     "plan/test_measured_static.py",
     "e2e/",
+    "rl/",
 )
 
 

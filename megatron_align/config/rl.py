@@ -38,6 +38,8 @@ class RewardModelConfig:
     name: Optional[str] = help_field(None, help="Architecture preset of the reward model behind `type: model` rewards "
                                                 "(null with hf_config null: the policy's architecture).")
     hf_config: Optional[str] = help_field(None, help="Its Hugging Face config.json (overrides name).")
+    load: Optional[str] = help_field(None, help="The reward-model checkpoint (a `megatron-align rm` run or step) that "
+                                                "scores `type: model` rewards (scorer name: params.scorer, default rm).")
     parallel: FrozenLayout = help_field(default_factory=FrozenLayout, help="Its layout (frozen: weights only).")
 
     def validate(self) -> None:
@@ -134,7 +136,11 @@ class KLSFTConfig:
                                         "(the report); 0 disables it and the original model.")
     data: Optional[str] = help_field(None, help="SFT data (JSONL chat records or a preprocessed dataset) for that term.")
     top_k: int = help_field(500, help="k of the top-k KL to the original model on SFT tokens.")
-    micro_batches: int = help_field(1, help="SFT micro-batches per optimizer step for the term.")
+    micro_batches: int = help_field(1, help="SFT micro-batches per optimizer step for the term (when samples_per_step "
+                                            "is null: micro_batches x train.micro_batch_size samples).")
+    samples_per_step: Optional[int] = help_field(
+        None, help="SFT samples per optimizer step (global, whatever the layout); null: micro_batches x "
+                   "train.micro_batch_size.")
     load: Optional[str] = help_field(None, help="The original model's checkpoint (default: the policy's start).")
     parallel: FrozenLayout = help_field(default_factory=FrozenLayout, help="The original model's layout (frozen: "
                                                                           "weights only).")
@@ -144,6 +150,8 @@ class KLSFTConfig:
             raise ConfigError(f"rl.kl_sft.gamma: must be >= 0, got {self.gamma}")
         if self.gamma > 0 and not self.data:
             raise ConfigError("rl.kl_sft.data: required when rl.kl_sft.gamma > 0")
+        if self.samples_per_step is not None and self.samples_per_step < 1:
+            raise ConfigError(f"rl.kl_sft.samples_per_step: must be >= 1 or null, got {self.samples_per_step}")
         if self.top_k < 1 or self.micro_batches < 1:
             raise ConfigError("rl.kl_sft.top_k and rl.kl_sft.micro_batches: must be >= 1")
         self.parallel.check("rl.kl_sft.parallel")

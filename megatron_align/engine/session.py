@@ -31,6 +31,7 @@ class ModelSession:
         self.trainable = trainable
         built = build_model(model_cfg, parallel, arch=arch, seq_length=seq_length)
         self.config, self.impl = built.config, built.transformer_impl
+        self.attention_backend = built.attention_backend
         self.padded_vocab_size = built.padded_vocab_size
         self.chunks: List[torch.nn.Module] = built.chunks
         self._wrapped = False

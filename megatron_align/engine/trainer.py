@@ -53,6 +53,10 @@ class Stage(abc.ABC):
     name = "stage"
     #: per-document values (Sample.values) the objective reads, moved to the device with each micro-batch
     value_keys: Tuple[str, ...] = ()
+    #: what one item of the sampler's global batch is called in the log (None: from the objective's unit)
+    batch_unit: Optional[str] = None
+    #: metrics the log line shows after the loss (when a record has them)
+    log_keys: Tuple[str, ...] = ()
 
     def __init__(self, cfg) -> None:
         self.cfg = cfg
@@ -91,6 +95,13 @@ class Stage(abc.ABC):
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         pass
 
+    def save_extra(self, trainer: "Trainer", ckpt_dir: str) -> None:
+        """Every rank, while a step checkpoint is written (``ckpt_dir`` is its directory before the commit):
+        extra model state the stage owns (e.g. a critic and its optimizer)."""
+
+    def load_extra(self, trainer: "Trainer", ckpt_dir: str) -> None:
+        """On a full resume, after the policy's state: read back what :meth:`save_extra` wrote."""
+
 
 def _all_reduce(t: torch.Tensor, op=dist.ReduceOp.SUM, group=None) -> torch.Tensor:
     dist.all_reduce(t, op=op, group=group)
@@ -109,7 +120,6 @@ class Trainer:
         from megatron.core import parallel_state
 
         from megatron_align.checkpoint.training import find_resume, has_training_state
-        from megatron_align.data.sampler import GlobalBatchSampler
         from megatron_align.engine.optimizer import build_optimizer, build_scheduler
         from megatron_align.engine.session import ModelSession, resolve_arch_for
         from megatron_align.models.builder import compute_dtype
@@ -133,13 +143,7 @@ class Trainer:
         self.impl = self.policy.impl
         self.dp_rank = parallel_state.get_data_parallel_rank()
         self.dp_size = parallel_state.get_data_parallel_world_size()
-        try:  # train.max_steps overrides train.epochs: epochs repeat until max_steps
-            self.sampler = GlobalBatchSampler(len(self.data.train), cfg.train.global_batch_size, seed=cfg.data.seed,
-                                              shuffle=cfg.data.shuffle,
-                                              epochs=None if cfg.train.max_steps else cfg.train.epochs,
-                                              max_steps=cfg.train.max_steps)
-        except ValueError as exc:
-            raise ConfigError(f"train.global_batch_size: {exc}") from None
+        self.sampler = self.build_sampler()
         # train.finetune applies to train.load; the run's own checkpoints always resume fully.
         full_resume = bool(self.resume_from) and has_training_state(self.resume_from) and \
             (own_run or not cfg.train.finetune)
@@ -148,7 +152,7 @@ class Trainer:
         self.policy.wrap_for_training(use_distributed_optimizer=cfg.parallel.distributed_optimizer)
         self.optimizer = build_optimizer(cfg.optim, self.policy.chunks, params_dtype=compute_dtype(cfg.model.precision),
                                          distributed=cfg.parallel.distributed_optimizer)
-        self.scheduler = build_scheduler(cfg.optim, self.optimizer, len(self.sampler))
+        self.scheduler = build_scheduler(cfg.optim, self.optimizer, len(self.sampler) * self.updates_per_step)
         self.objective = self.stage.train_objective(self.data)
         self.eval_obj = self.stage.eval_objective(self.data) if self.data.eval is not None else None
         self.start_step = 0
@@ -160,8 +164,24 @@ class Trainer:
             self.stage.load_state_dict(state.get("stage", {}))
             self.consumed_tokens = int(state.get("consumed_tokens", 0))
             self.start_step = int(state["step"])
+            self.stage.load_extra(self, self.resume_from)
         self.stage.on_setup(self)
         self._install_signal_handlers()
+
+    #: optimizer steps per loop step (an RL step runs several updates on one rollout batch); sizes the LR schedule
+    updates_per_step = 1
+
+    def build_sampler(self):
+        """The loop's sampler of global batches (of units: samples, pairs, prompts); ``state_dict`` resumes it."""
+        from megatron_align.data.sampler import GlobalBatchSampler
+
+        cfg = self.cfg
+        try:  # train.max_steps overrides train.epochs: epochs repeat until max_steps
+            return GlobalBatchSampler(len(self.data.train), cfg.train.global_batch_size, seed=cfg.data.seed,
+                                      shuffle=cfg.data.shuffle, epochs=None if cfg.train.max_steps else cfg.train.epochs,
+                                      max_steps=cfg.train.max_steps)
+        except ValueError as exc:
+            raise ConfigError(f"train.global_batch_size: {exc}") from None
 
     def _install_signal_handlers(self) -> None:
         def request_stop(signum, frame):
@@ -310,7 +330,8 @@ class Trainer:
                  "finished": step >= len(self.sampler)}  # a requeue of a finished run has nothing to do
         tokenizer_files = self.data.tokenizer.files()  # tokenizer, its config and chat template, next to the weights
         return save_training(self.cfg.output_dir, step, self.policy.chunks, self.optimizer, self.scheduler, state,
-                             self.arch, keep_last=self.cfg.output.keep_last, tokenizer_files=tokenizer_files)
+                             self.arch, keep_last=self.cfg.output.keep_last, tokenizer_files=tokenizer_files,
+                             extras=(lambda d: self.stage.save_extra(self, d),))
 
     def _stop_requested(self) -> bool:
         flag = torch.tensor([1 if self._stop_signal is not None else 0], dtype=torch.long, device=self.rt.device)
@@ -340,8 +361,9 @@ class Trainer:
             os.makedirs(cfg.output_dir, exist_ok=True)
             with open(os.path.join(cfg.output_dir, "config.yaml"), "w") as f:
                 f.write(dump_yaml(cfg))
-            log(f"data: {self.data.summary}; {total} steps of {cfg.train.global_batch_size} "
-                f"{'samples' if self.objective.unit.value == 'token' else self.objective.unit.value + 's'}; "
+            unit = self.stage.batch_unit or ('samples' if self.objective.unit.value == 'token'
+                                             else self.objective.unit.value + 's')
+            log(f"data: {self.data.summary}; {total} steps of {self.sampler.global_batch_size} {unit}; "
                 f"dp={self.dp_size} tp={cfg.parallel.tp} pp={cfg.parallel.pp}"
                 f"{' vpp=' + str(cfg.parallel.vpp) if cfg.parallel.vpp else ''} sp={cfg.parallel.sp}")
         if self.start_step:
@@ -367,7 +389,7 @@ class Trainer:
                 raise TrainingDivergedError(f"loss is {m['loss']} at step {step}: stopping (lower optim.lr, check data)")
             self.consumed_tokens += m["tokens"]
             record = {"step": step, "loss": m.pop("loss"), "lr": self.optimizer.param_groups[0]["lr"], **m,
-                      "consumed_samples": step * cfg.train.global_batch_size, "epoch": self.sampler.epoch}
+                      "consumed_samples": step * self.sampler.global_batch_size, "epoch": self.sampler.epoch}
             if step % cfg.train.log_interval == 0 or step == total:
                 writer.log(record)
             last = record
@@ -375,7 +397,8 @@ class Trainer:
                 bar.update(1)
                 bar.set_postfix(loss=f"{record['loss']:.4f}", tok_s=f"{record['tokens_per_sec']:.0f}")
             elif self.is_main and step % cfg.train.log_interval == 0:
-                log(f"step {step}/{total} loss {record['loss']:.4f} lr {record['lr']:.3g} "
+                extra = "".join(f" {k} {record[k]:.4g}" for k in self.stage.log_keys if k in record)
+                log(f"step {step}/{total} loss {record['loss']:.4f}{extra} lr {record['lr']:.3g} "
                     f"grad_norm {record['grad_norm']:.3f}")
             if cfg.train.eval_interval and step % cfg.train.eval_interval == 0 and step < total:
                 writer.log({"step": step, "kind": "eval", **self.evaluate()})
