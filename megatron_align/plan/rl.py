@@ -45,8 +45,8 @@ from dataclasses import dataclass, replace
 from functools import lru_cache
 from typing import Dict, List, Optional, Tuple
 
-from megatron_align.config.base import ConfigError, help_field
-from megatron_align.config.rl import RLConfig
+from megatron_align.config.base import ConfigError
+from megatron_align.config.rl_job import GRPOJobConfig, PPOJobConfig, RLJobConfig
 from megatron_align.config.sft import SFTConfig
 from megatron_align.models.arch import ArchSpec
 from megatron_align.plan.memory import (GiB, Dtypes, Layout, RankMemory, Workload, candidate_ranks, rank_memory,
@@ -60,15 +60,24 @@ TOPK_SAVED_BYTES = 4 + 4 + 8 + 1  # _TopkKL saves policy and reference values, c
 
 
 @dataclass
-class RLJobConfig(SFTConfig):
-    """The sections `plan` reads from a GRPO / PPO config (the SFT sections plus ``rl``)."""
+class PlanGRPOConfig(GRPOJobConfig):
+    """A GRPO config as the stage reads it, validated for its shape only: `plan` needs no prompt data and may try
+    frozen-model layouts of their own (a what-if the stage does not run yet)."""
 
-    rl: RLConfig = help_field(default_factory=RLConfig, help="RL section.")
-    output_dir: str = help_field("runs/rl", help="Where checkpoints, metrics.jsonl, TensorBoard events and plots go.")
+    def validate(self) -> None:
+        self.validate_shape()
 
 
-# stage -> the config class `plan --config` loads for it
-STAGE_CONFIGS = {"grpo": RLJobConfig, "ppo": RLJobConfig}
+@dataclass
+class PlanPPOConfig(PPOJobConfig):
+    __doc__ = PlanGRPOConfig.__doc__.replace("GRPO", "PPO")
+
+    def validate(self) -> None:
+        self.validate_shape()
+
+
+# stage -> the config class `plan --config` loads for it (the stages' own sections and checks)
+STAGE_CONFIGS = {"grpo": PlanGRPOConfig, "ppo": PlanPPOConfig}
 
 
 @dataclass(frozen=True)

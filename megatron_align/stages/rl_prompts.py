@@ -58,7 +58,7 @@ def parse_prompt(obj: object):
     if isinstance(value, str) and not value.strip():
         return (), obj  # empty: counted by the dataset
     msgs = _messages(value, "prompt", "user")
-    if msgs[-1][0] == "assistant":
+    if msgs[-1].role == "assistant":
         raise ValueError("the prompt must end with a user (or system) message, not an assistant one")
     return msgs, obj
 
@@ -73,8 +73,8 @@ class PromptDataset:
         self.prompts: List[Prompt] = []
         skipped: List[int] = []
         for lineno, (msgs, rec) in iter_records(path, parse_prompt, on_bad_line, skipped):
-            text = next((c for r, c in reversed(msgs) if r == "user"), "")
-            if not msgs or not any(c.strip() for _, c in msgs):
+            text = next((m.content for m in reversed(msgs) if m.role == "user"), "")
+            if not msgs or not any(m.content.strip() for m in msgs):
                 self.stats.empty += 1
                 continue
             ids = list(template.encode(list(msgs), add_generation_prompt=True).ids)

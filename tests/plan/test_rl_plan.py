@@ -14,7 +14,7 @@ from megatron_align.config.base import load_config
 from megatron_align.models.arch import padded_vocab_size
 from megatron_align.models.families import preset
 from megatron_align.plan.memory import GiB, Dtypes, Layout, Workload, rank_memory, static_memory
-from megatron_align.plan.rl import (TOPK_SAVED_BYTES, FrozenModel, RLJobConfig, RLWorkload, Rollout, config_layout,
+from megatron_align.plan.rl import (STAGE_CONFIGS, TOPK_SAVED_BYTES, FrozenModel, RLWorkload, Rollout, config_layout,
                                     config_workload, frozen_weights, kv_block_bytes, kv_cache, rl_peak,
                                     rl_rank_memory, rl_workload, rollout_buffer_bytes)
 
@@ -188,7 +188,7 @@ def test_plan_tiny_rl_config(tmp_path, capsys, stage):
     assert rep["layout"] == "tp2 pp2 cp1 dp2" and rep["fits"]
     assert set(rep["frozen_layouts"]) == {"reference", "original", "reward_model"}
     # the numbers of the report are the module's
-    cfg = load_config(RLJobConfig, path)
+    cfg = load_config(STAGE_CONFIGS[stage], path)
     dtypes = Dtypes.for_precision("fp32")
     rl = rl_workload(cfg, stage, TINY, TINY)
     peak = rl_peak(TINY, config_layout(cfg, 8), config_workload(cfg, dtypes), rl, dtypes)
