@@ -45,6 +45,11 @@ STAGES = [
     pytest.param("rm", os.path.join(REPO, "examples", "configs", "rm_tiny_cpu.yaml"),
                  ["output.tensorboard=false", f"data.path={_PAIRS.format('train')}",
                   f"data.eval_path={_PAIRS.format('eval')}", "train.eval_interval=0", "train.log_interval=1"], id="rm"),
+    pytest.param("grpo", os.path.join(REPO, "examples", "configs", "grpo_tiny_cpu.yaml"),
+                 ["output.tensorboard=false", "train.eval_interval=0", "train.log_interval=1", "rl.eval_prompts=null",
+                  f"rl.prompts={os.path.join(REPO, 'megatron_align', 'assets', 'tiny', 'rl_prompts_train.jsonl')}",
+                  f"rl.rewards=[{{name: vowels, type: function, params: {{path: "
+                  f"{os.path.join(REPO, 'examples', 'rewards', 'tiny_rewards.py')}:vowel_share}}}}]"], id="grpo"),
 ]
 # Two ranks: tensor parallel across the two nodes, or data parallel across them.
 LAYOUTS = {"tp2": ["parallel.tp=2"], "dp2": ["parallel.tp=1"]}
@@ -160,6 +165,8 @@ def test_two_node_job_equals_one_node_job(cluster, tmp_path, stage, config, over
     assert [r["step"] for r in runs[1]] == list(range(1, STEPS + 1))
     for a, b in zip(*runs):
         assert a["loss"] == b["loss"], f"step {a['step']}: two nodes {a['loss']!r} vs one node {b['loss']!r}"
+        if "reward" in b:  # RL: the rollouts (sampled on every rank from the same seed) and their rewards agree
+            assert a["reward"] == b["reward"], (a["step"], a["reward"], b["reward"])
         if "grad_norm" in b:
             assert a["grad_norm"] == b["grad_norm"], (a["step"], a["grad_norm"], b["grad_norm"])
     assert crossed > 1_000_000, f"only {crossed} bytes crossed node2's eth0"
