@@ -10,7 +10,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from megatron_align.data.config import DEFAULT_TOKENIZER, ON_BAD_LINE_CHOICES, OVERLONG_CHOICES, TEMPLATE_CHOICES
 
     parser.add_argument("--input", required=True, help="chat JSONL file")
-    parser.add_argument("--output-prefix", required=True, help="writes <prefix>.bin, <prefix>.idx, <prefix>.meta.json")
+    parser.add_argument("--output-prefix", required=True, help="writes <prefix>.bin, .idx, .docs.npy, .meta.json")
     parser.add_argument("--tokenizer", default=DEFAULT_TOKENIZER,
                         help="directory with tokenizer.json, or the file (default: bundled tiny tokenizer)")
     parser.add_argument("--template", choices=TEMPLATE_CHOICES, default=None,
@@ -24,6 +24,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="samples longer than --seq-length: truncate or drop (default: truncate)")
     parser.add_argument("--on-bad-line", choices=ON_BAD_LINE_CHOICES, default="error",
                         help="malformed records: stop with file:line (error) or count and skip them")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="tokenizer processes (default: the cores this process may use, os.sched_getaffinity); "
+                             "the output is identical for any number")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -37,8 +40,14 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--template/--family: {exc}") from None
     if args.seq_length is not None and args.seq_length < 2:
         raise UserError(f"--seq-length must be >= 2, got {args.seq_length}")
+    from megatron_align.data.parallel import default_workers
+
+    workers = default_workers() if args.workers is None else args.workers
+    if workers < 1:
+        raise UserError(f"--workers must be >= 1, got {workers}")
     system_prompt = None if args.system_prompt.lower() in ("none", "null") else args.system_prompt
     stats = preprocess(args.input, args.output_prefix, args.tokenizer, template, seq_length=args.seq_length,
-                       overlong=args.overlong, on_bad_line=args.on_bad_line, system_prompt=system_prompt)
+                       overlong=args.overlong, on_bad_line=args.on_bad_line, system_prompt=system_prompt,
+                       workers=workers)
     print(json.dumps({"output_prefix": args.output_prefix, "template": template, **stats.as_dict()}))
     return 0

@@ -21,10 +21,10 @@ from megatron_align.data.batch import MicroBatch, make_micro_batches
 from megatron_align.data.config import DataConfig
 from megatron_align.data.errors import DataError
 from megatron_align.data.indexed import IndexedChatDataset, file_sha256, index_exists, read_meta
-from megatron_align.data.jsonl import JsonlChatDataset
 from megatron_align.data.packing import pack_lengths, token_utilization
 from megatron_align.data.samples import ChatDataset, DataStats
 from megatron_align.data.sampler import shard_for_rank
+from megatron_align.data.token_cache import cached_dataset
 from megatron_align.data.templates import DEFAULT_SYSTEM, ChatTemplate, build_template
 from megatron_align.data.tokenizer import ChatTokenizer, load_tokenizer
 
@@ -54,8 +54,8 @@ def open_dataset(path: str, cfg: DataConfig, tokenizer: ChatTokenizer, template:
             raise DataError(prefix, None, f"built with tokenizer {meta['tokenizer']}, which differs from "
                                           f"{tokenizer.file}; re-run preprocess")
         return IndexedChatDataset(prefix, cfg.seq_length, cfg.overlong)
-    if os.path.isfile(path) or path.endswith(".jsonl"):
-        return JsonlChatDataset(path, template, cfg.seq_length, cfg.overlong, cfg.on_bad_line)
+    if os.path.isfile(path) or path.endswith(".jsonl"):  # tokenized once into data.cache_dir, then memory-mapped
+        return cached_dataset(path, template, cfg.seq_length, cfg.overlong, cfg.on_bad_line, cfg.cache_dir)
     raise DataError(path, None, "no such file, and no indexed dataset <path>.bin/.idx/.meta.json")
 
 

@@ -55,6 +55,10 @@ class DataConfig:
     on_bad_line: str = help_field(
         "error", choices=ON_BAD_LINE_CHOICES,
         help="a malformed JSONL record: 'error' stops with file:line, 'skip' counts and skips it")
+    cache_dir: Optional[str] = help_field(
+        None, help="where a JSONL data.path/eval_path is tokenized once and reused by later launches and every rank "
+                   "(indexed format, memory-mapped); null: $MEGATRON_ALIGN_CACHE, else ~/.cache/megatron_align/"
+                   "tokenized. Must be shared by the nodes of a multi-node run (else each node builds its own)")
     shuffle: bool = help_field(True, help="shuffle sample order each epoch (seeded by seed and the epoch number)")
     seed: int = help_field(1234, help="seed of the per-epoch shuffle")
     balance_dp_by_tokens: bool = help_field(
@@ -69,6 +73,8 @@ class DataConfig:
             raise bad("path", f"must be a non-empty path, got {self.path!r}")
         if self.eval_path is not None and (not isinstance(self.eval_path, str) or not self.eval_path):
             raise bad("eval_path", f"must be a non-empty path or null, got {self.eval_path!r}")
+        if self.cache_dir is not None and (not isinstance(self.cache_dir, str) or not self.cache_dir):
+            raise bad("cache_dir", f"must be a non-empty path or null, got {self.cache_dir!r}")
         if not isinstance(self.tokenizer, str) or not self.tokenizer:
             raise bad("tokenizer", f"must be a non-empty path, got {self.tokenizer!r}")
         if self.template is not None and self.template not in TEMPLATE_CHOICES:

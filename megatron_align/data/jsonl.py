@@ -1,7 +1,8 @@
-"""Reading chat JSONL (with file:line errors or counted skips) and the in-memory tokenized dataset."""
+"""Reading chat JSONL (with file:line errors or counted skips) and tokenizing its records."""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from typing import Callable, Iterator, List, Optional, Tuple, TypeVar
@@ -10,8 +11,7 @@ import numpy as np
 
 from megatron_align.data.config import ON_BAD_LINE_CHOICES
 from megatron_align.data.errors import DataError
-from megatron_align.data.samples import (ChatDataset, DataStats, Sample, has_target_after_first,
-                                         overlong_action)
+from megatron_align.data.samples import DataStats, has_target_after_first, overlong_action
 from megatron_align.data.schema import Conversation, parse_record
 from megatron_align.data.templates import ChatTemplate
 
@@ -69,40 +69,48 @@ def iter_conversations(path: str, on_bad_line: str = "error",
     return iter_records(path, parse_record, on_bad_line, skipped)
 
 
+def tokenize_conversation(template: ChatTemplate, conv: Conversation, seq_length: Optional[int] = None,
+                          overlong: str = "truncate") -> Tuple[str, np.ndarray, np.ndarray, Optional[str]]:
+    """(action, input_ids int64 [L], target_mask uint8 [L], category) of one conversation after the over-long
+    policy: action is 'keep', 'truncate' (cut to seq_length) or 'drop' (arrays then empty)."""
+    enc = template.encode(conv.messages)
+    ids = np.asarray(enc.ids, dtype=np.int64)
+    mask = np.asarray(enc.target_mask, dtype=np.uint8)
+    action = overlong_action(len(ids), seq_length, overlong)
+    if action == "drop" or (action == "truncate" and not has_target_after_first(mask, seq_length)):
+        return "drop", ids[:0], mask[:0], conv.category
+    if action == "truncate":  # copies: a kept array never holds the untruncated buffer alive
+        ids, mask = ids[:seq_length].copy(), mask[:seq_length].copy()
+    return action, ids, mask, conv.category
+
+
 def iter_tokenized(path: str, template: ChatTemplate, stats: DataStats, seq_length: Optional[int] = None,
-                   overlong: str = "truncate", on_bad_line: str = "error"
+                   overlong: str = "truncate", on_bad_line: str = "error", workers: int = 1
                    ) -> Iterator[Tuple[np.ndarray, np.ndarray, Optional[str]]]:
     """Tokenize the records of ``path`` with ``template`` and apply the over-long policy, counting in ``stats``.
 
-    Yields (input_ids int64 [L], target_mask uint8 [L], category) with L <= seq_length. A truncated sample
-    left without any loss token is dropped (counted in ``n_dropped``)."""
+    Yields (input_ids int64 [L], target_mask uint8 [L], category) with L <= seq_length, in file order. A
+    truncated sample left without any loss token is dropped (counted in ``n_dropped``). ``workers`` > 1 tokenizes
+    on that many processes (:func:`megatron_align.data.parallel.map_ordered`): the same samples, the same order."""
+    from megatron_align.data.parallel import map_ordered
+
     skipped: List[int] = []
-    for _, conv in iter_conversations(path, on_bad_line, skipped):
-        enc = template.encode(conv.messages)
-        ids = np.asarray(enc.ids, dtype=np.int64)
-        mask = np.asarray(enc.target_mask, dtype=np.uint8)
-        action = overlong_action(len(ids), seq_length, overlong)
-        if action == "drop" or (action == "truncate" and not has_target_after_first(mask, seq_length)):
+    convs = (conv for _, conv in iter_conversations(path, on_bad_line, skipped))
+    encode = functools.partial(tokenize_conversation, template, seq_length=seq_length, overlong=overlong)
+    for action, ids, mask, category in map_ordered(encode, convs, workers):
+        if action == "drop":
             stats.n_dropped += 1
             continue
-        if action == "truncate":
-            ids, mask = ids[:seq_length], mask[:seq_length]
-            stats.n_truncated += 1
+        stats.n_truncated += action == "truncate"
         stats.n_samples += 1
-        yield ids, mask, conv.category
+        yield ids, mask, category
     stats.n_skipped_bad += len(skipped)
 
 
-class JsonlChatDataset(ChatDataset):
-    """A chat JSONL file, tokenized in memory at construction (small and medium corpora)."""
+def __getattr__(name: str):
+    """``JsonlChatDataset`` moved to :mod:`megatron_align.data.tokenized`; importable from here as before."""
+    if name == "JsonlChatDataset":
+        from megatron_align.data.tokenized import JsonlChatDataset
 
-    def __init__(self, path: str, template: ChatTemplate, seq_length: Optional[int] = None,
-                 overlong: str = "truncate", on_bad_line: str = "error") -> None:
-        self.path = path
-        self.stats = DataStats()
-        self._items = list(iter_tokenized(path, template, self.stats, seq_length, overlong, on_bad_line))
-        self.lengths = np.asarray([len(ids) for ids, _, _ in self._items], dtype=np.int64)
-
-    def __getitem__(self, idx: int) -> Sample:
-        ids, mask, category = self._items[idx]
-        return Sample(int(idx), ids, mask, category)
+        return JsonlChatDataset
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
