@@ -70,7 +70,7 @@ def token_dtype(vocab_size: int):
 
 def pack_mask(mask: np.ndarray, dtype) -> np.ndarray:
     """A 0/1 mask as bits, padded to whole ``dtype`` elements and viewed as ``dtype`` (what the .bin stores)."""
-    bits = np.packbits(mask.astype(bool))
+    bits = np.packbits(mask != 0)
     itemsize = np.dtype(dtype).itemsize
     pad = -len(bits) % itemsize
     if pad:
@@ -85,8 +85,10 @@ def packed_length(n_tokens: int, dtype) -> int:
 
 def first_target(mask: np.ndarray) -> int:
     """The first loss position after position 0 (position 0 is never a label), ``len(mask)`` when none."""
-    hits = np.flatnonzero(mask[1:])
-    return int(hits[0]) + 1 if len(hits) else len(mask)
+    if len(mask) < 2:
+        return len(mask)
+    i = int(np.argmax(mask[1:])) + 1
+    return i if mask[i] else len(mask)
 
 
 def write_indexed(docs: Iterable[Tuple[np.ndarray, np.ndarray, Optional[str]]], output_prefix: str, dtype,
