@@ -29,6 +29,7 @@ import random
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from typing import Dict, List, Optional, Tuple
 
@@ -97,49 +98,50 @@ def other_types(path: str) -> Dict[str, str]:
 
 
 def run_measured(cmd: List[str], env: dict, until: Optional[str] = None, timeout: float = 3600
-                 ) -> Tuple[float, int, Dict[int, int], str]:
+                 ) -> Tuple[float, int, Dict[int, int], str, float]:
     """Run ``cmd``; return (seconds until it exits or prints a line containing ``until``, return code (0 when
-    stopped at ``until``), peak RSS per process of the tree in bytes, output)."""
+    stopped at ``until``), peak RSS per process of the tree in bytes, output, CPU seconds of the tree (user +
+    system, as last sampled: on a shared machine conversations per CPU-second are steadier than per second))."""
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
-    os.set_blocking(proc.stdout.fileno(), False)
+    lines: List[str] = []
+    seen = threading.Event()
+
+    def reader() -> None:
+        for line in proc.stdout:
+            lines.append(line)
+            if until and until in line:
+                seen.set()
+
+    thread = threading.Thread(target=reader, daemon=True)
+    thread.start()
     peaks: Dict[int, int] = {}
+    cpu: Dict[int, float] = {}
     root = psutil.Process(proc.pid)
-    out: List[str] = []
-    buf = ""
-    found = False
-    while True:
+    while not seen.is_set() and proc.poll() is None and time.perf_counter() - t0 < timeout:
         try:
             for p in [root] + root.children(recursive=True):
                 try:
                     peaks[p.pid] = max(peaks.get(p.pid, 0), p.memory_info().rss)
+                    t = p.cpu_times()
+                    cpu[p.pid] = t.user + t.system
                 except psutil.Error:
                     pass
         except psutil.Error:
             pass
-        chunk = proc.stdout.read() or ""
-        buf += chunk
-        if chunk:
-            out.append(chunk)
-        if until and until in buf:
-            found = True
-            break
-        if proc.poll() is not None:
-            out.append(proc.stdout.read() or "")
-            break
-        if time.perf_counter() - t0 > timeout:
-            break
-        time.sleep(0.05)
+        seen.wait(0.05)
     seconds = time.perf_counter() - t0
+    found = seen.is_set()
     if proc.poll() is None:
-        for p in root.children(recursive=True):
-            try:
+        try:
+            for p in root.children(recursive=True):
                 p.kill()
-            except psutil.Error:
-                pass
+        except psutil.Error:
+            pass
         proc.kill()
     proc.wait()
-    return seconds, (0 if found else proc.returncode), peaks, "".join(out)
+    thread.join(5)
+    return seconds, (0 if found else proc.returncode), peaks, "".join(lines), sum(cpu.values())
 
 
 def env_for() -> dict:
@@ -150,14 +152,14 @@ def bench_preprocess(n: int, path: str, kind: str, workers: int, work: str) -> T
     prefix = os.path.join(work, f"idx_{n}_{kind.replace('.', '_')}_w{workers}")
     cmd = [sys.executable, "-m", "megatron_align", "preprocess", "--input", path, "--output-prefix", prefix,
            "--template", "llama3", "--workers", str(workers)]
-    sec, rc, peaks, out = run_measured(cmd, env_for())
+    sec, rc, peaks, out, cpu = run_measured(cmd, env_for())
     if rc != 0:
         last = out.strip().splitlines()[-1] if out.strip() else f"exit {rc}"
         return f"{n:>9} {kind:>9} {workers:>7}   failed: {last[:120]}", None
     total = sum(peaks.values()) / 2**20
     biggest = max(peaks.values()) / 2**20
-    return (f"{n:>9} {kind:>9} {workers:>7} {n / sec:>11.0f} {sec:>8.1f} {total:>13.0f} {biggest:>15.0f}",
-            prefix)
+    return (f"{n:>9} {kind:>9} {workers:>7} {n / sec:>11.0f} {sec:>8.1f} {n / cpu:>11.0f} {total:>13.0f} "
+            f"{biggest:>15.0f}", prefix)
 
 
 def bench_sft(n: int, data_path: str, label: str, nproc: int, work: str) -> str:
@@ -170,7 +172,7 @@ def bench_sft(n: int, data_path: str, label: str, nproc: int, work: str) -> str:
            "data.eval_path=null", "data.template=llama3", f"data.cache_dir={os.path.join(work, 'cache')}",
            "train.max_steps=2", "train.log_interval=1", "train.eval_interval=0", "train.save_interval=0",
            "output.progress_bar=false", f"output_dir={out_dir}"]
-    sec, rc, peaks, out = run_measured(cmd, env_for(), until="step 1/")
+    sec, rc, peaks, out, _ = run_measured(cmd, env_for(), until="step 1/")
     if rc != 0:
         return f"{n:>9} {label:>14}   failed: {out.strip().splitlines()[-1][:160] if out.strip() else rc}"
     # the ranks: the largest processes of the tree (torchrun's agent is small)
@@ -216,7 +218,7 @@ def main() -> int:
             rows_sft.append(row)
             print(row, flush=True)
     print("\npreprocess")
-    print(f"{'N':>9} {'type':>9} {'workers':>7} {'conv/s':>11} {'sec':>8} {'peak RSS MiB':>13} "
+    print(f"{'N':>9} {'type':>9} {'workers':>7} {'conv/s':>11} {'sec':>8} {'conv/CPU-s':>11} {'peak RSS MiB':>13} "
           f"{'max proc MiB':>15}")
     print("\n".join(rows_pre))
     if rows_sft:
