@@ -6,9 +6,8 @@ import os
 import random
 import shutil
 
-import numpy as np
 import pytest
-from chat_fixtures import conv, write_jsonl
+from chat_fixtures import assert_same_samples, conv, write_jsonl
 
 from megatron_align.data import token_cache
 from megatron_align.data.builder import build_data
@@ -34,12 +33,8 @@ def random_corpus(path, n, seed=0):
 
 
 def assert_same(a, b):
-    assert len(a) == len(b) and a.lengths.tolist() == b.lengths.tolist()
-    for i in range(len(a)):
-        x, y = a[i], b[i]
-        assert x.sample_id == y.sample_id == i and x.category == y.category
-        np.testing.assert_array_equal(x.input_ids, y.input_ids)
-        np.testing.assert_array_equal(x.target_mask, y.target_mask)
+    """Same samples and the same stats."""
+    assert_same_samples(a, b)
     assert a.stats.as_dict() == b.stats.as_dict()
 
 
