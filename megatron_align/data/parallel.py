@@ -67,10 +67,9 @@ def map_ordered(fn: Callable[[T], R], items: Iterable[T], workers: int = 1, chun
     if workers <= 1 or "fork" not in multiprocessing.get_all_start_methods():
         yield from map(fn, items)
         return
-    _FN = fn
+    _FN = fn  # kept until the pool is gone: a worker that dies is replaced by a fresh fork
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # one thread per worker: the workers are the parallelism
     pool = multiprocessing.get_context("fork").Pool(workers)
-    _FN = None
     try:
         pending: collections.deque = collections.deque()
         source = _chunks(items, chunk)
@@ -83,6 +82,7 @@ def map_ordered(fn: Callable[[T], R], items: Iterable[T], workers: int = 1, chun
     finally:
         pool.terminate()
         pool.join()
+        _FN = None
 
 
 def _unwrap(result) -> List:

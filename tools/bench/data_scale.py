@@ -3,6 +3,7 @@
 
     python tools/bench/data_scale.py --sizes 10000 100000 [--workers 1 2] [--nproc 2] [--work /tmp/data_scale]
     python tools/bench/data_scale.py --sizes 1000000 --skip-preprocess-types     # the 1M row (minutes)
+    python tools/bench/data_scale.py --sizes 100000 --workers 1 --code /path/to/old/checkout   # a baseline
 
 For each size N it writes N synthetic conversations (two user/assistant exchanges, ~500 tokens each with the
 bundled tiny tokenizer; seeded, so every run sees the same corpus) and prints
@@ -103,7 +104,8 @@ def run_measured(cmd: List[str], env: dict, until: Optional[str] = None, timeout
     stopped at ``until``), peak RSS per process of the tree in bytes, output, CPU seconds of the tree (user +
     system, as last sampled: on a shared machine conversations per CPU-second are steadier than per second))."""
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
+    proc = subprocess.Popen(cmd, env=env, cwd=CODE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            bufsize=1)
     lines: List[str] = []
     seen = threading.Event()
 
@@ -144,14 +146,21 @@ def run_measured(cmd: List[str], env: dict, until: Optional[str] = None, timeout
     return seconds, (0 if found else proc.returncode), peaks, "".join(lines), sum(cpu.values())
 
 
+CODE = ROOT  # the tree whose code runs (--code: e.g. a checkout of the previous version, for a baseline)
+
+
 def env_for() -> dict:
-    return dict(os.environ, PYTHONPATH=ROOT, PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1")
+    return dict(os.environ, PYTHONPATH=CODE, PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1")
+
+
+def is_baseline() -> bool:
+    return os.path.abspath(CODE) != ROOT
 
 
 def bench_preprocess(n: int, path: str, kind: str, workers: int, work: str) -> Tuple[str, Optional[str]]:
     prefix = os.path.join(work, f"idx_{n}_{kind.replace('.', '_')}_w{workers}")
     cmd = [sys.executable, "-m", "megatron_align", "preprocess", "--input", path, "--output-prefix", prefix,
-           "--template", "llama3", "--workers", str(workers)]
+           "--template", "llama3"] + ([] if is_baseline() else ["--workers", str(workers)])
     sec, rc, peaks, out, cpu = run_measured(cmd, env_for())
     if rc != 0:
         last = out.strip().splitlines()[-1] if out.strip() else f"exit {rc}"
@@ -169,7 +178,8 @@ def bench_sft(n: int, data_path: str, label: str, nproc: int, work: str) -> str:
     shutil.rmtree(out_dir, ignore_errors=True)
     cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}", f"--master-port={_free_port()}",
            "-m", "megatron_align", "sft", "--config", CONFIG, "parallel.tp=1", f"data.path={data_path}",
-           "data.eval_path=null", "data.template=llama3", f"data.cache_dir={os.path.join(work, 'cache')}",
+           "data.eval_path=null", "data.template=llama3",
+           *([] if is_baseline() else [f"data.cache_dir={os.path.join(work, 'cache')}"]),
            "train.max_steps=2", "train.log_interval=1", "train.eval_interval=0", "train.save_interval=0",
            "output.progress_bar=false", f"output_dir={out_dir}"]
     sec, rc, peaks, out, _ = run_measured(cmd, env_for(), until="step 1/")
@@ -188,7 +198,11 @@ def main() -> int:
     ap.add_argument("--work", default="/tmp/data_scale", help="corpora, indexed files, cache, run dirs")
     ap.add_argument("--skip-preprocess-types", action="store_true", help="preprocess the .jsonl only")
     ap.add_argument("--skip-sft", action="store_true")
+    ap.add_argument("--code", default=ROOT, help="run the commands of this source tree (a baseline checkout); "
+                                                "it gets no --workers and no data.cache_dir")
     args = ap.parse_args()
+    global CODE
+    CODE = args.code
     os.makedirs(args.work, exist_ok=True)
     print(f"# {datetime.date.today()} {platform.node()} {os.cpu_count()} cores "
           f"({len(os.sched_getaffinity(0))} usable), {psutil.virtual_memory().total / 2**30:.0f} GiB")
