@@ -73,8 +73,6 @@ class DataConfig:
             raise bad("path", f"must be a non-empty path, got {self.path!r}")
         if self.eval_path is not None and (not isinstance(self.eval_path, str) or not self.eval_path):
             raise bad("eval_path", f"must be a non-empty path or null, got {self.eval_path!r}")
-        if self.cache_dir is not None and (not isinstance(self.cache_dir, str) or not self.cache_dir):
-            raise bad("cache_dir", f"must be a non-empty path or null, got {self.cache_dir!r}")
         if not isinstance(self.tokenizer, str) or not self.tokenizer:
             raise bad("tokenizer", f"must be a non-empty path, got {self.tokenizer!r}")
         if self.template is not None and self.template not in TEMPLATE_CHOICES:
@@ -90,5 +88,7 @@ class DataConfig:
             raise bad("overlong", f"must be one of {', '.join(OVERLONG_CHOICES)}, got {self.overlong!r}")
         if self.on_bad_line not in ON_BAD_LINE_CHOICES:
             raise bad("on_bad_line", f"must be one of {', '.join(ON_BAD_LINE_CHOICES)}, got {self.on_bad_line!r}")
+        if self.cache_dir is not None and (not isinstance(self.cache_dir, str) or not self.cache_dir):
+            raise bad("cache_dir", f"must be a non-empty path or null, got {self.cache_dir!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             raise bad("seed", f"must be a non-negative integer, got {self.seed!r}")

@@ -5,7 +5,7 @@ indexed`) under ``data.cache_dir``; every later launch, and every rank, memory-m
 first step and memory per rank do not grow with the corpus. The entry's key hashes everything the tokens depend on:
 
 * the input's content, fast fingerprint: size, mtime (ns) and a BLAKE2b of 64 KiB blocks sampled at 64 evenly
-  spaced offsets plus the first and last MiB (a directory: every file's, with its relative path). A full hash
+  spaced offsets plus the first and last MiB (a directory or glob of shards: each file's, with its name). A full hash
   would read the whole corpus at every launch on every rank (seconds per GB), which is what the cache exists to
   avoid; a real edit changes the mtime, and a copy that resets it only costs one rebuild;
 * the tokenizer: the sha256 of its file and of its ``tokenizer_config.json`` (special tokens, chat template);
@@ -23,8 +23,10 @@ the entry (a cache directory that is not shared between nodes) builds its own co
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
+import re
 import os
 import shutil
 import sys
@@ -71,19 +73,32 @@ def file_fingerprint(path: str) -> str:
     return h.hexdigest()
 
 
-def source_fingerprint(path: str) -> str:
-    """Fingerprint of a file, or of a directory (every file under it, with its relative path)."""
+def source_files(path: str) -> List[Tuple[str, str]]:
+    """(name, file) of every file behind a data path: the file itself, every file under a directory (with its
+    relative path), or the files a glob matches (sorted)."""
+    if os.path.isfile(path):
+        return [(os.path.basename(path), path)]
     if os.path.isdir(path):
-        h = hashlib.blake2b(digest_size=16)
+        out = []
         for root, dirs, files in os.walk(path):
             dirs.sort()
-            for name in sorted(files):
-                full = os.path.join(root, name)
-                h.update(f"{os.path.relpath(full, path)}={file_fingerprint(full)};".encode())
-        return h.hexdigest()
-    if not os.path.exists(path):
+            out += [(os.path.relpath(os.path.join(root, n), path), os.path.join(root, n)) for n in sorted(files)]
+        return out
+    matches = sorted(p for p in glob.glob(path) if os.path.isfile(p)) if glob.has_magic(path) else []
+    if not matches:
         raise DataError(path, None, "no such file")
-    return file_fingerprint(path)
+    return [(p, p) for p in matches]
+
+
+def source_fingerprint(path: str) -> str:
+    """Fingerprint of a data path: its files' fingerprints with their names (see :func:`source_files`)."""
+    files = source_files(path)
+    if len(files) == 1 and files[0][1] == path:
+        return file_fingerprint(path)
+    h = hashlib.blake2b(digest_size=16)
+    for name, full in files:
+        h.update(f"{name}={file_fingerprint(full)};".encode())
+    return h.hexdigest()
 
 
 def _sha256_files(paths) -> str:
@@ -118,7 +133,7 @@ def key_parts(path: str, template: ChatTemplate, seq_length: Optional[int], over
 
 def entry_dir(cache_dir: str, path: str, parts: Dict[str, object]) -> str:
     key = hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:24]
-    name = os.path.basename(os.path.normpath(path)) or "data"
+    name = re.sub(r"[^A-Za-z0-9._-]+", "_", os.path.basename(os.path.normpath(path))).strip("_") or "data"
     return os.path.join(cache_dir, f"{name}-{key}")
 
 

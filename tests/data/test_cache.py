@@ -210,3 +210,24 @@ def test_rank0_builds_others_wait_and_share_errors(tmp_path, tok):
     ref = JsonlChatDataset(path, build_template("llama3", tok), 40)
     assert r0["lengths"] == ref.lengths.tolist() and r0["n_truncated"] == ref.stats.n_truncated
     assert r0["error"] == r1["error"] and "bad.jsonl:3: malformed JSON" in r1["error"]
+
+
+def test_directory_and_glob_fingerprints(tmp_path):
+    d = tmp_path / "shards"
+    d.mkdir()
+    for k in range(3):
+        random_corpus(d / f"part{k}.jsonl", 5, seed=k)
+    by_dir = token_cache.source_fingerprint(str(d))
+    by_glob = token_cache.source_fingerprint(str(d / "part*.jsonl"))
+    assert [n for n, _ in token_cache.source_files(str(d / "part*.jsonl"))] == [str(d / f"part{k}.jsonl")
+                                                                            for k in range(3)]
+    (d / "part1.jsonl").write_text((d / "part1.jsonl").read_text() + "\n")
+    assert token_cache.source_fingerprint(str(d)) != by_dir
+    edited = token_cache.source_fingerprint(str(d / "part*.jsonl"))
+    assert edited != by_glob
+    os.rename(d / "part2.jsonl", d / "part9.jsonl")  # a renamed shard changes the key too
+    assert token_cache.source_fingerprint(str(d / "part*.jsonl")) != edited
+    with pytest.raises(DataError, match="no such file"):
+        token_cache.source_fingerprint(str(d / "none*.jsonl"))
+    name = os.path.basename(token_cache.entry_dir(str(tmp_path), str(d / "part*.jsonl"), {"k": 1}))
+    assert name.startswith("part_.jsonl-")
