@@ -1,4 +1,5 @@
-"""`megatron-align preprocess`: tokenize chat JSONL into megatron indexed binary files (.bin/.idx/.meta.json)."""
+"""`megatron-align preprocess`: tokenize chat JSONL into megatron indexed binary files (.bin/.idx/.docs.npy/.meta.json)
+on ``--workers`` processes (default: every core this process may use; the output is identical for any number)."""
 
 from __future__ import annotations
 
