@@ -6,6 +6,13 @@ import pytest
 # Tests import their helpers as `helpers.*`; spawned workers inherit sys.path.
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# The tokenization cache (data/token_cache.py) of every test process and the runs it spawns: a fresh directory per
+# pytest process, never the user's ~/.cache.
+if "MEGATRON_ALIGN_TEST_CACHE" not in os.environ:
+    import tempfile
+
+    os.environ["MEGATRON_ALIGN_TEST_CACHE"] = os.environ["MEGATRON_ALIGN_CACHE"] = tempfile.mkdtemp(
+        prefix="megatron-align-cache-")
 
 _TESTS = os.path.dirname(os.path.abspath(__file__))
 # The compat lane (`make test-compat`: Python 3.12, PyPI's CUDA torch, the newest megatron-core setup.py

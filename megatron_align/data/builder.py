@@ -20,11 +20,11 @@ from megatron_align.data.batch import MicroBatch, make_micro_batches
 from megatron_align.data.config import DEFAULT_TOKENIZER, DataConfig
 from megatron_align.data.errors import DataError
 from megatron_align.data.indexed import IndexedChatDataset, file_sha256, index_exists, read_meta
-from megatron_align.data.jsonl import JsonlChatDataset
 from megatron_align.data.packing import pack_lengths, token_utilization
 from megatron_align.data.samples import ChatDataset, DataStats
 from megatron_align.data.sampler import shard_for_rank
 from megatron_align.data.sources import is_data_source, strip_data_suffix
+from megatron_align.data.token_cache import cached_dataset
 from megatron_align.data.templates import DEFAULT_SYSTEM, ChatTemplate, build_template
 from megatron_align.data.tokenizer import ChatTokenizer, load_tokenizer
 
@@ -67,8 +67,9 @@ def open_dataset(path: str, cfg: DataConfig, tokenizer: ChatTokenizer, template:
             raise DataError(prefix, None, f"built with tokenizer {meta['tokenizer']}, which differs from "
                                           f"{tokenizer.file}; re-run preprocess")
         return IndexedChatDataset(prefix, cfg.seq_length, cfg.overlong)
-    if is_data_source(path):
-        return JsonlChatDataset(path, template, cfg.seq_length, cfg.overlong, cfg.on_bad_line, cfg.format)
+    if is_data_source(path):  # tokenized once into data.cache_dir, then memory-mapped
+        return cached_dataset(path, template, cfg.seq_length, cfg.overlong, cfg.on_bad_line, cfg.cache_dir,
+                              record_format=cfg.format)
     raise DataError(path, None, "no such file, directory or matching shards, and no indexed dataset "
                                 "<path>.bin/.idx/.meta.json")
 

@@ -76,6 +76,10 @@ class DataConfig:
     on_bad_line: str = help_field(
         "error", choices=ON_BAD_LINE_CHOICES,
         help="a malformed JSONL record: 'error' stops with file:line, 'skip' counts and skips it")
+    cache_dir: Optional[str] = help_field(
+        None, help="where a JSONL data.path/eval_path is tokenized once and reused by later launches and every rank "
+                   "(indexed format, memory-mapped); null: $MEGATRON_ALIGN_CACHE, else ~/.cache/megatron_align/"
+                   "tokenized. Must be shared by the nodes of a multi-node run (else each node builds its own)")
     shuffle: bool = help_field(True, help="shuffle sample order each epoch (seeded by seed and the epoch number)")
     seed: int = help_field(1234, help="seed of the per-epoch shuffle")
     balance_dp_by_tokens: bool = help_field(
@@ -106,6 +110,8 @@ class DataConfig:
             raise bad("overlong", f"must be one of {', '.join(OVERLONG_CHOICES)}, got {self.overlong!r}")
         if self.on_bad_line not in ON_BAD_LINE_CHOICES:
             raise bad("on_bad_line", f"must be one of {', '.join(ON_BAD_LINE_CHOICES)}, got {self.on_bad_line!r}")
+        if self.cache_dir is not None and (not isinstance(self.cache_dir, str) or not self.cache_dir):
+            raise bad("cache_dir", f"must be a non-empty path or null, got {self.cache_dir!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             raise bad("seed", f"must be a non-negative integer, got {self.seed!r}")
 

@@ -1,16 +1,16 @@
-"""Reading chat records from any data path (with file:line errors or counted skips) and the in-memory tokenized
-dataset. The file types themselves are :mod:`megatron_align.data.sources`'s."""
+"""Reading chat records from any data path (with file:line errors or counted skips) and tokenizing them. The file
+types themselves are :mod:`megatron_align.data.sources`'s; the record formats :mod:`megatron_align.data.formats`'."""
 
 from __future__ import annotations
 
+import functools
 from typing import Callable, Iterator, List, Optional, Tuple, TypeVar
 
 import numpy as np
 
 from megatron_align.data.config import ON_BAD_LINE_CHOICES
 from megatron_align.data.errors import DataError
-from megatron_align.data.samples import (ChatDataset, DataStats, Sample, has_target_after_first,
-                                         overlong_action)
+from megatron_align.data.samples import DataStats, has_target_after_first, overlong_action
 from megatron_align.data.schema import Conversation, RecordError
 from megatron_align.data.sources import BadRecord, iter_source
 from megatron_align.data.templates import ChatTemplate
@@ -63,52 +63,71 @@ def iter_conversations(path: str, on_bad_line: str = "error", skipped: Optional[
     return iter_records(path, RecordReader(("chat",), record_format), on_bad_line, skipped)
 
 
+def tokenize_conversation(template: ChatTemplate, conv: Conversation, seq_length: Optional[int] = None,
+                          overlong: str = "truncate") -> Tuple[str, np.ndarray, np.ndarray, Optional[str]]:
+    """(action, input_ids int64 [L], target_mask uint8 [L], category) of one conversation after the over-long
+    policy: action is 'keep', 'truncate' (cut to seq_length), 'drop' (arrays then empty), 'nothing' (no token to
+    train) or 'bad:<reason>' (the template cannot render the record)."""
+    try:
+        enc = template.encode_conversation(conv)
+    except RecordError as exc:
+        return f"bad:{exc}", np.zeros(0, np.int64), np.zeros(0, np.uint8), conv.category
+    ids = np.asarray(enc.ids, dtype=np.int64)
+    mask = np.asarray(enc.target_mask, dtype=np.uint8)
+    if not has_target_after_first(mask, len(mask)):
+        return "nothing", ids[:0], mask[:0], conv.category
+    action = overlong_action(len(ids), seq_length, overlong)
+    if action == "drop" or (action == "truncate" and not has_target_after_first(mask, seq_length)):
+        return "drop", ids[:0], mask[:0], conv.category
+    if action == "truncate":  # copies: a kept array never holds the untruncated buffer alive
+        ids, mask = ids[:seq_length].copy(), mask[:seq_length].copy()
+    return action, ids, mask, conv.category
+
+
+def _tokenize_located(template: ChatTemplate, located: Tuple[int, Conversation], seq_length: Optional[int] = None,
+                      overlong: str = "truncate"):
+    loc, conv = located
+    return (loc, *tokenize_conversation(template, conv, seq_length, overlong))
+
+
 def iter_tokenized(path: str, template: ChatTemplate, stats: DataStats, seq_length: Optional[int] = None,
-                   overlong: str = "truncate", on_bad_line: str = "error", record_format: str = "auto"
-                   ) -> Iterator[Tuple[np.ndarray, np.ndarray, Optional[str]]]:
+                   overlong: str = "truncate", on_bad_line: str = "error", record_format: str = "auto",
+                   workers: int = 1) -> Iterator[Tuple[np.ndarray, np.ndarray, Optional[str]]]:
     """Tokenize the records of ``path`` with ``template`` and apply the over-long policy, counting in ``stats``.
 
-    Yields (input_ids int64 [L], target_mask uint8 [L], category) with L <= seq_length. A record with nothing to
-    train (every assistant turn flagged off or empty) is counted in ``n_nothing_to_train`` and skipped; a
+    Yields (input_ids int64 [L], target_mask uint8 [L], category) with L <= seq_length, in file order. A record with
+    nothing to train (every assistant turn flagged off or empty) is counted in ``n_nothing_to_train`` and skipped; a
     truncated sample left without any loss token is dropped (counted in ``n_dropped``). A record the template
-    cannot render (tool calls for a family without a tool format) is a bad record (``file:line``)."""
+    cannot render (tool calls for a family without a tool format) is a bad record (``file:line``). ``workers`` > 1
+    tokenizes on that many processes (:func:`megatron_align.data.parallel.map_ordered`): the same samples, the
+    same order."""
+    from megatron_align.data.parallel import map_ordered
+
     skipped: List[int] = []
-    for lineno, conv in iter_conversations(path, on_bad_line, skipped, record_format):
-        try:
-            enc = template.encode_conversation(conv)
-        except RecordError as exc:
+    convs = iter_conversations(path, on_bad_line, skipped, record_format)
+    encode = functools.partial(_tokenize_located, template, seq_length=seq_length, overlong=overlong)
+    for loc, action, ids, mask, category in map_ordered(encode, convs, workers):
+        if action.startswith("bad:"):
             if on_bad_line == "error":
-                raise DataError(path, lineno, str(exc)) from None
-            skipped.append(lineno)
+                raise DataError(path, loc, action[4:]) from None
+            skipped.append(loc)
             continue
-        ids = np.asarray(enc.ids, dtype=np.int64)
-        mask = np.asarray(enc.target_mask, dtype=np.uint8)
-        if not has_target_after_first(mask, len(mask)):
+        if action == "nothing":
             stats.n_nothing_to_train += 1
             continue
-        action = overlong_action(len(ids), seq_length, overlong)
-        if action == "drop" or (action == "truncate" and not has_target_after_first(mask, seq_length)):
+        if action == "drop":
             stats.n_dropped += 1
             continue
-        if action == "truncate":
-            ids, mask = ids[:seq_length], mask[:seq_length]
-            stats.n_truncated += 1
+        stats.n_truncated += action == "truncate"
         stats.n_samples += 1
-        yield ids, mask, conv.category
+        yield ids, mask, category
     stats.n_skipped_bad += len(skipped)
 
 
-class JsonlChatDataset(ChatDataset):
-    """A chat JSONL file, tokenized in memory at construction (small and medium corpora)."""
+def __getattr__(name: str):
+    """``JsonlChatDataset`` moved to :mod:`megatron_align.data.tokenized`; importable from here as before."""
+    if name == "JsonlChatDataset":
+        from megatron_align.data.tokenized import JsonlChatDataset
 
-    def __init__(self, path: str, template: ChatTemplate, seq_length: Optional[int] = None,
-                 overlong: str = "truncate", on_bad_line: str = "error", record_format: str = "auto") -> None:
-        self.path = path
-        self.stats = DataStats()
-        self._items = list(iter_tokenized(path, template, self.stats, seq_length, overlong, on_bad_line,
-                                          record_format))
-        self.lengths = np.asarray([len(ids) for ids, _, _ in self._items], dtype=np.int64)
-
-    def __getitem__(self, idx: int) -> Sample:
-        ids, mask, category = self._items[idx]
-        return Sample(int(idx), ids, mask, category)
+        return JsonlChatDataset
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -103,6 +103,11 @@ class ChatDataset(abc.ABC):
     def __getitem__(self, idx: int) -> Sample:
         """Sample ``idx`` (tokens, loss mask, category)."""
 
+    def category_names(self) -> List[str]:
+        """The sorted category names of the samples (for the per-category eval loss). This default reads every
+        sample; datasets that store categories per document answer from that (no token data read)."""
+        return sorted({s.category for s in self.get_samples(range(len(self))) if s.category is not None})
+
     def get_samples(self, ids: Sequence[int]) -> List[Sample]:
         return [self[int(i)] for i in ids]
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any, List, Optional, Sequence, Tuple, Union
+from typing import Any, Optional, Sequence, Tuple, Union
 
 ROLES = ("system", "user", "assistant", "tool")
 #: roles read as another one: OpenAI's ``developer`` (none of the families has it) and Llama-3.1's ``ipython``

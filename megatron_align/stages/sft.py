@@ -13,11 +13,9 @@ from megatron_align.engine.trainer import Stage, StageData, Trainer, TrainingDiv
 
 
 def eval_categories(dataset) -> List[str]:
-    """The categories of a dataset's samples (for the per-category eval loss)."""
-    if dataset is None:
-        return []
-    samples = dataset.get_samples(range(len(dataset)))
-    return sorted({s.category for s in samples if s.category is not None})
+    """The categories of a dataset's samples (for the per-category eval loss), without building the samples
+    where the dataset stores them per document (the indexed format, the tokenization cache)."""
+    return [] if dataset is None else dataset.category_names()
 
 
 def data_summary(train) -> str:

@@ -3,8 +3,8 @@
 import argparse
 import json
 
-import numpy as np
 import pytest
+from chat_fixtures import assert_same_samples as assert_same
 from chat_fixtures import conv, write_jsonl
 
 from megatron_align.data.config import DEFAULT_TOKENIZER, DataConfig
@@ -25,15 +25,6 @@ def corpus(tmp_path_factory):
                conv("Repeat", long_answer, category="repeat"),
                conv("Count to 3", "1, 2, 3.")]
     return d, write_jsonl(d / "train.jsonl", records)
-
-
-def assert_same(a, b):
-    assert len(a) == len(b) and a.lengths.tolist() == b.lengths.tolist()
-    for i in range(len(a)):
-        x, y = a[i], b[i]
-        assert x.sample_id == y.sample_id == i and x.category == y.category
-        np.testing.assert_array_equal(x.input_ids, y.input_ids)
-        np.testing.assert_array_equal(x.target_mask, y.target_mask)
 
 
 def test_round_trip_equals_the_jsonl_path(corpus, tok):

@@ -9,7 +9,7 @@ lists as TRL's conversational form), raw ``text`` (all tokens trained). Per-turn
 from __future__ import annotations
 
 import json
-from typing import Any, List, Optional, Tuple
+from typing import Any, List, Optional
 
 from megatron_align.data.formats.base import RecordFormat, register
 from megatron_align.data.schema import (Conversation, Message, RecordError, conversation, loss_flag, optional_str,
