@@ -11,8 +11,12 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 if "MEGATRON_ALIGN_TEST_CACHE" not in os.environ:
     import tempfile
 
+    import atexit
+    import shutil
+
     os.environ["MEGATRON_ALIGN_TEST_CACHE"] = os.environ["MEGATRON_ALIGN_CACHE"] = tempfile.mkdtemp(
         prefix="megatron-align-cache-")
+    atexit.register(shutil.rmtree, os.environ["MEGATRON_ALIGN_CACHE"], True)  # the creating process cleans up
 
 _TESTS = os.path.dirname(os.path.abspath(__file__))
 # The compat lane (`make test-compat`: Python 3.12, PyPI's CUDA torch, the newest megatron-core setup.py

@@ -103,6 +103,10 @@ class BlendedDataset(ChatDataset):
             out.append(Unit(s.sample_id, [s], s.category, self.names[int(self.dataset_index[int(i)])]))
         return out
 
+    def category_names(self) -> List[str]:
+        """The union of the members' categories (each member answers without reading token data where it can)."""
+        return sorted({c for ds in self.datasets for c in ds.category_names()})
+
     def fingerprint(self) -> dict:
         """What the index map depends on (names, weights, member sizes, seed), saved with a checkpoint so that a resume
         with another mixture is refused instead of silently changing the data order."""
