@@ -53,7 +53,7 @@ def test_regression_preprocess_output_prefix_with_a_data_suffix(tmp_path, jsonl,
     res = capsys.readouterr()
     printed = json.loads(res.out)
     assert printed["data_path"] == str(out / "x") and f"train with data.path={out / 'x'}" in res.err
-    assert sorted(p.name for p in out.iterdir()) == ["x.bin", "x.idx", "x.meta.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["x.bin", "x.docs.npy", "x.idx", "x.meta.json"]
     ref = build_data(DataConfig(path=jsonl, eval_path=None), family="llama").train
     for path in (str(out / "x"), str(out / "x.jsonl")):
         ds = build_data(DataConfig(path=path, eval_path=None), family="llama").train
