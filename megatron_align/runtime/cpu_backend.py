@@ -276,12 +276,16 @@ def _inference_pipeline_comm_0_16() -> None:
 
 
 def paged_attention_cpu(self, q, k, v, max_seqlen_q, max_seqlen_k, cu_seqlens_q, cu_seqlens_k, seqlens_k,
-                        block_table, is_decode_only):
+                        block_table, is_decode_only, softmax_offset=None):
     """Torch replacement for ``Attention.flash_decode_and_prefill`` (flash-attn kernels on a paged
     KV cache). ``q`` [T, 1, heads, d] (T query tokens of all requests, concatenated, padded at the end);
     ``k``/``v`` [blocks, block_size, groups, d]; ``block_table`` [requests, max_blocks]; ``seqlens_k``
     keys per request (cache + new). Each request's queries are the last ``len_q`` of its ``len_k``
-    positions: causal attention aligned bottom-right. Padding rows of ``q`` give zeros."""
+    positions: causal attention aligned bottom-right. Padding rows of ``q`` give zeros.
+    ``softmax_offset`` (attention sinks; megatron-core >= 0.17 passes it, ``None`` without sinks) is
+    not implemented here."""
+    if softmax_offset is not None:
+        raise NotImplementedError("the torch paged-attention fallback has no attention sinks (softmax_offset)")
     from megatron_align.models.attention import ATTENTION_KERNELS
 
     heads, d = q.shape[-2], q.shape[-1]
@@ -326,13 +330,25 @@ def install_paged_attention_fallback() -> None:
     _inference_paged_attention_0_16()
 
 
+def _inference_kv_append_0_17() -> None:
+    """megatron-core 0.17+ (checked on 0.19.2): ``DynamicInferenceContext.append_key_value_cache`` writes
+    the KV cache with a Triton kernel whenever triton imports (it does with a CUDA build of torch on a
+    machine without a GPU) and that kernel asserts CUDA tensors; its own torch indexing path (taken when
+    triton is missing) does the same write on the CPU."""
+    from megatron.core.inference.contexts import dynamic_context
+
+    dynamic_context.triton_append_key_value_cache = None
+
+
+# (PEP 440 range of megatron-core versions, shim); install_inference() applies those in range.
 INFERENCE_SHIMS = (
-    _inference_events_0_16,
-    _inference_pin_memory_0_16,
-    _inference_nvtx_0_16,
-    _inference_memory_stats_0_16,
-    _inference_pipeline_comm_0_16,
-    _inference_paged_attention_0_16,
+    (">=0.16", _inference_events_0_16),
+    (">=0.16", _inference_pin_memory_0_16),
+    (">=0.16", _inference_nvtx_0_16),
+    (">=0.16", _inference_memory_stats_0_16),
+    (">=0.16", _inference_pipeline_comm_0_16),
+    (">=0.16", _inference_paged_attention_0_16),
+    (">=0.17", _inference_kv_append_0_17),
 )
 
 
@@ -344,6 +360,13 @@ def install_inference() -> None:
     if _INFERENCE_INSTALLED or torch.cuda.is_available():
         return
     install()
-    for shim in INFERENCE_SHIMS:
-        shim()
+    from packaging.specifiers import SpecifierSet
+    from packaging.version import Version
+
+    from megatron_align.engine.megatron_fixes import mcore_version
+
+    version = Version(mcore_version())
+    for versions, shim in INFERENCE_SHIMS:
+        if version in SpecifierSet(versions):
+            shim()
     _INFERENCE_INSTALLED = True
