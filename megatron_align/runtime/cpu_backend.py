@@ -241,10 +241,30 @@ class _DropPinMemoryMode(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
+_PIN_MEMORY_DROPPED = False
+
+
+def _drop_pin_memory() -> None:
+    global _PIN_MEMORY_DROPPED
+    if not _PIN_MEMORY_DROPPED:
+        _DropPinMemoryMode().__enter__()  # stays active for the life of the process, like _CudaToCpuMode
+        _PIN_MEMORY_DROPPED = True
+
+
 def _inference_pin_memory_0_16() -> None:
     """megatron-core 0.16.1: ``TextGenerationController._init_dynamic_sampling_tensors`` allocates
     ``torch.empty_like(..., pin_memory=True)``."""
-    _DropPinMemoryMode().__enter__()  # stays active for the life of the process, like _CudaToCpuMode
+    _drop_pin_memory()
+
+
+def install_refit() -> None:
+    """Make megatron-core's weight refit (``resharding.swap_model_weights`` over gloo) run on the CPU
+    (no-op with CUDA): from 0.17 (checked on 0.19.2) ``GlooCopyService`` stages every transfer in
+    ``torch.empty(..., pin_memory=True)`` buffers; pinning needs a CUDA runtime, so it is dropped."""
+    if torch.cuda.is_available():
+        return
+    install()
+    _drop_pin_memory()
 
 
 def _inference_nvtx_0_16() -> None:
