@@ -9,8 +9,11 @@ stage's tokens are broadcast by megatron).
 Around each ``generate`` the model is put in eval mode with sequence parallelism off (megatron-core
 0.16.1 cannot generate with SP) and restored afterwards, so training can continue directly.
 
-Sampling follows megatron-core 0.16.1: ``top_k`` and ``top_p`` cannot be combined (checked here,
-before any work); returned log-probs are of the raw distribution (temperature 1, unfiltered).
+Sampling follows megatron-core (0.16.1 and 0.19.2 alike): ``top_k`` and ``top_p`` cannot be combined
+(checked here, before any work); returned log-probs are of the raw distribution (temperature 1, unfiltered).
+
+Runs on megatron-core 0.16.x and 0.17-0.19.x: what differs between their inference APIs is in
+:mod:`megatron_align.rollout.mcore_inference`, one builder per API generation.
 """
 
 from __future__ import annotations
@@ -79,8 +82,10 @@ class MegatronGenerationEngine:
 
     def __init__(self, model, *, max_seq_length: int, max_requests: int = 16, buffer_size_gb: float = 0.05,
                  block_size_tokens: int = 64, tokenizer=None, pg_collection=None, seed: int = 1234) -> None:
+        from megatron_align.rollout import mcore_inference
         from megatron_align.runtime import cpu_backend
 
+        api = mcore_inference.api_for()  # an unsupported megatron-core version fails here, before any work
         if not torch.cuda.is_available():
             cpu_backend.install_inference()
         elif not _has_flash_attn():
@@ -89,8 +94,6 @@ class MegatronGenerationEngine:
             import einops  # noqa: F401 - megatron-core's inference uses it but lists it only in its dev extras
         except ImportError:
             raise ImportError("megatron-core's inference engine needs einops: pip install einops") from None
-        from megatron_align.rollout import mcore_inference
-
         self.model = unwrap_model(model)
         cfg = self.model.config
         self.max_seq_length = int(max_seq_length)
@@ -105,7 +108,7 @@ class MegatronGenerationEngine:
             pp=pg_collection.pp.size() if pg_collection is not None else cfg.pipeline_model_parallel_size,
             seed=int(seed), pg_collection=pg_collection)
         self.tokenizer = tokenizer or IdsOnlyTokenizer()
-        parts = mcore_inference.build(self.model, self.tokenizer, spec)
+        parts = api.build(self.model, self.tokenizer, spec)
         self.context, self.wrapper, self.controller, self.engine = (
             parts.context, parts.wrapper, parts.controller, parts.engine)
         self._active = parts.active
@@ -123,7 +126,7 @@ class MegatronGenerationEngine:
 
         if not params.greedy and params.top_k > 0 and params.top_p < 1.0:
             raise ValueError("rollout sampling: top_k and top_p cannot be combined with the megatron engine "
-                             "(megatron-core 0.16.1 raises inside the step); set one of them off")
+                             "(megatron-core raises inside the step); set one of them off")
         return MSamplingParams(
             temperature=1.0 if params.greedy else params.temperature,
             top_k=1 if params.greedy else params.top_k,
