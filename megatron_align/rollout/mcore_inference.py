@@ -17,7 +17,7 @@ import contextlib
 from dataclasses import dataclass, field
 from typing import Any, Callable, ContextManager, Dict, Optional
 
-from megatron_align.engine.megatron_fixes import mcore_version
+from megatron_align.engine.megatron_fixes import in_range, mcore_version
 
 
 @dataclass
@@ -122,14 +122,11 @@ API_GENERATIONS: Dict[str, ApiGeneration] = {
 
 def api_for(version: Optional[str] = None) -> ApiGeneration:
     """The API generation of ``version`` (default: the installed megatron-core)."""
-    from packaging.specifiers import SpecifierSet
-    from packaging.version import Version
-
     version = version or mcore_version()
     if version is None:
         raise ImportError("the rollout engine needs megatron-core (not installed)")
     for versions, api in API_GENERATIONS.items():
-        if Version(version) in SpecifierSet(versions):
+        if in_range(versions, version):
             return api
     raise RuntimeError(f"the rollout engine does not support megatron-core {version}; "
                        f"supported: {', '.join(API_GENERATIONS)}")

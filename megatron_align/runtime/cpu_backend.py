@@ -380,13 +380,9 @@ def install_inference() -> None:
     if _INFERENCE_INSTALLED or torch.cuda.is_available():
         return
     install()
-    from packaging.specifiers import SpecifierSet
-    from packaging.version import Version
+    from megatron_align.engine.megatron_fixes import in_range
 
-    from megatron_align.engine.megatron_fixes import mcore_version
-
-    version = Version(mcore_version())
     for versions, shim in INFERENCE_SHIMS:
-        if version in SpecifierSet(versions):
+        if in_range(versions):
             shim()
     _INFERENCE_INSTALLED = True
