@@ -109,6 +109,7 @@ class ApiGeneration:
 
     build: Callable[[Any, Any, InferenceSpec], InferenceParts]
     sampling_kwargs: Dict[str, Any] = field(default_factory=dict)
+    block_allocator: str = "block_allocator"  # the context's KV block allocator attribute
 
 
 # PEP 440 range of megatron-core versions -> API generation; checked on 0.16.1 and 0.19.2.
@@ -116,7 +117,7 @@ API_GENERATIONS: Dict[str, ApiGeneration] = {
     ">=0.16,<0.17": ApiGeneration(_build_0_16),
     # >= 0.17 drops a matched stop word from the completion unless detokenize_stop_sequence; the
     # completion keeps its stop token (as on 0.16 and as truncate_at_stop does)
-    ">=0.17,<0.20": ApiGeneration(_build_0_17, {"detokenize_stop_sequence": True}),
+    ">=0.17,<0.20": ApiGeneration(_build_0_17, {"detokenize_stop_sequence": True}, "kv_block_allocator"),
 }
 
 

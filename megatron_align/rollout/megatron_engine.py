@@ -19,7 +19,7 @@ Runs on megatron-core 0.16.x and 0.17-0.19.x: what differs between their inferen
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator, List, Optional, Sequence
+from typing import Iterator, List, Sequence
 
 import torch
 
@@ -112,7 +112,15 @@ class MegatronGenerationEngine:
         self.context, self.wrapper, self.controller, self.engine = (
             parts.context, parts.wrapper, parts.controller, parts.engine)
         self._active = parts.active
+        self._block_allocator = getattr(self.context, api.block_allocator)
         self._next_id = 0
+
+    def kv_cache(self) -> dict:
+        """What the paged KV cache occupies on this rank: ``bytes`` (the buffer), ``blocks`` (one is the
+        engine's dummy), ``block_bytes``."""
+        buf = self.context.memory_buffer
+        return {"bytes": buf.numel() * buf.element_size(), "blocks": self._block_allocator.total_count,
+                "block_bytes": self.context.block_size_bytes}
 
     def _padded_vocab(self) -> int:
         if getattr(self.model, "post_process", False):
