@@ -31,6 +31,7 @@ COMPAT_PATHS = (
     "plan/test_measured_static.py",
     "e2e/",
     "rl/",
+    "rollout/",
 )
 
 

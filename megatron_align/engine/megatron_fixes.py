@@ -79,6 +79,15 @@ def tested_pairs_text() -> str:
     return ", ".join(f"Python {py} + megatron-core {mc}.x" for py, mc, _ in TESTED)
 
 
+def in_range(versions: str, version: Optional[str] = None) -> bool:
+    """Whether megatron-core ``version`` (default: the installed one) is in the PEP 440 range ``versions``."""
+    from packaging.specifiers import SpecifierSet
+    from packaging.version import Version
+
+    version = version or mcore_version()
+    return version is not None and Version(version) in SpecifierSet(versions)
+
+
 @dataclass(frozen=True)
 class Shim:
     name: str
@@ -88,11 +97,7 @@ class Shim:
     patch: Callable[[], None]
 
     def applies(self, version: Optional[str] = None) -> bool:
-        from packaging.specifiers import SpecifierSet
-        from packaging.version import Version
-
-        version = version or mcore_version()
-        return version is not None and Version(version) in SpecifierSet(self.versions)
+        return in_range(self.versions, version)
 
 
 def _copy_source_keys() -> None:

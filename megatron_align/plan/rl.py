@@ -18,8 +18,8 @@ Per GPU, on top of the policy's weights, gradients, optimizer states and trainin
 - **KV cache** of megatron-core's dynamic engine, as it allocates it: a block is
   ``dtype x 2 (K, V) x layers/PP x block_size_tokens x query_groups/TP x head_dim`` bytes and the buffer is
   ``max(2, floor(rl.rollout.kv_cache_gb GiB / block))`` blocks (``DynamicInferenceContext.__init__``,
-  megatron-core 0.16.1; one block is the engine's dummy). The need of ``max_requests`` sequences of
-  ``max_prompt_length + max_new_tokens`` tokens is ``max_requests x ceil(tokens / block_size) + 1`` blocks:
+  megatron-core 0.16.1, the same in 0.19.2; one block is the engine's dummy). The need of ``max_requests``
+  sequences of ``max_prompt_length + max_new_tokens`` tokens is ``max_requests x ceil(tokens / block_size) + 1`` blocks:
   printed next to it, with how many full-length sequences the configured buffer holds at once (fewer than
   ``max_requests``: the engine pauses the rest and decodes slower; it still runs).
 - **rollout buffers**: what the step stores per completion on each DP rank (``ceil(prompts_per_step / DP) x

@@ -9,14 +9,17 @@ stage's tokens are broadcast by megatron).
 Around each ``generate`` the model is put in eval mode with sequence parallelism off (megatron-core
 0.16.1 cannot generate with SP) and restored afterwards, so training can continue directly.
 
-Sampling follows megatron-core 0.16.1: ``top_k`` and ``top_p`` cannot be combined (checked here,
-before any work); returned log-probs are of the raw distribution (temperature 1, unfiltered).
+Sampling follows megatron-core (0.16.1 and 0.19.2 alike): ``top_k`` and ``top_p`` cannot be combined
+(checked here, before any work); returned log-probs are of the raw distribution (temperature 1, unfiltered).
+
+Runs on megatron-core 0.16.x and 0.17-0.19.x: what differs between their inference APIs is in
+:mod:`megatron_align.rollout.mcore_inference`, one builder per API generation.
 """
 
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator, List, Optional, Sequence
+from typing import Iterator, List, Sequence
 
 import torch
 
@@ -79,8 +82,10 @@ class MegatronGenerationEngine:
 
     def __init__(self, model, *, max_seq_length: int, max_requests: int = 16, buffer_size_gb: float = 0.05,
                  block_size_tokens: int = 64, tokenizer=None, pg_collection=None, seed: int = 1234) -> None:
+        from megatron_align.rollout import mcore_inference
         from megatron_align.runtime import cpu_backend
 
+        api = mcore_inference.api_for()  # an unsupported megatron-core version fails here, before any work
         if not torch.cuda.is_available():
             cpu_backend.install_inference()
         elif not _has_flash_attn():
@@ -89,14 +94,6 @@ class MegatronGenerationEngine:
             import einops  # noqa: F401 - megatron-core's inference uses it but lists it only in its dev extras
         except ImportError:
             raise ImportError("megatron-core's inference engine needs einops: pip install einops") from None
-        from megatron.core.inference.contexts.dynamic_context import DynamicInferenceContext
-        from megatron.core.inference.engines.dynamic_engine import DynamicInferenceEngine
-        from megatron.core.inference.model_inference_wrappers.gpt.gpt_inference_wrapper import GPTInferenceWrapper
-        from megatron.core.inference.model_inference_wrappers.inference_wrapper_config import InferenceWrapperConfig
-        from megatron.core.inference.text_generation_controllers.text_generation_controller import (
-            TextGenerationController,
-        )
-
         self.model = unwrap_model(model)
         cfg = self.model.config
         self.max_seq_length = int(max_seq_length)
@@ -104,26 +101,26 @@ class MegatronGenerationEngine:
             raise ValueError(f"max_seq_length={max_seq_length} exceeds the model's max_sequence_length="
                              f"{self.model.max_sequence_length}")
         self.padded_vocab_size = self._padded_vocab()
-        wrapper_cfg = InferenceWrapperConfig(
-            hidden_size=cfg.hidden_size, params_dtype=cfg.params_dtype, inference_batch_times_seqlen_threshold=-1,
-            padded_vocab_size=self.padded_vocab_size, inference_max_requests=max_requests,
-            inference_max_seq_length=self.max_seq_length)
-        tp = pg_collection.tp.size() if pg_collection is not None else cfg.tensor_model_parallel_size
-        pp = pg_collection.pp.size() if pg_collection is not None else cfg.pipeline_model_parallel_size
-        self.context = DynamicInferenceContext(
-            params_dtype=cfg.params_dtype, num_layers=cfg.num_layers // pp, kv_channels=cfg.kv_channels,
-            num_attention_heads=cfg.num_query_groups,  # the KV cache holds query groups
-            max_sequence_length=self.max_seq_length, buffer_size_gb=buffer_size_gb, max_requests=max_requests,
-            block_size_tokens=block_size_tokens, tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp,
-            pg_collection=pg_collection, materialize_only_last_token_logits=True, use_cuda_graphs_for_non_decode_steps=False,
-            unified_memory_level=0)
-        self.wrapper = GPTInferenceWrapper(self.model, wrapper_cfg, self.context, pg_collection=pg_collection)
+        spec = mcore_inference.InferenceSpec(
+            max_seq_length=self.max_seq_length, max_requests=int(max_requests), buffer_size_gb=buffer_size_gb,
+            block_size_tokens=int(block_size_tokens), padded_vocab_size=self.padded_vocab_size,
+            tp=pg_collection.tp.size() if pg_collection is not None else cfg.tensor_model_parallel_size,
+            pp=pg_collection.pp.size() if pg_collection is not None else cfg.pipeline_model_parallel_size,
+            seed=int(seed), pg_collection=pg_collection)
         self.tokenizer = tokenizer or IdsOnlyTokenizer()
-        pp_group = pg_collection.pp if pg_collection is not None else None
-        self.controller = TextGenerationController(self.wrapper, self.tokenizer, pp_group=pp_group)
-        self.engine = DynamicInferenceEngine(self.controller, self.context, random_seed=int(seed),
-                                             pg_collection=pg_collection)
+        parts = api.build(self.model, self.tokenizer, spec)
+        self.context, self.wrapper, self.controller, self.engine = (
+            parts.context, parts.wrapper, parts.controller, parts.engine)
+        self._active = parts.active
+        self._block_allocator = getattr(self.context, api.block_allocator)
         self._next_id = 0
+
+    def kv_cache(self) -> dict:
+        """What the paged KV cache occupies on this rank: ``bytes`` (the buffer), ``blocks`` (one is the
+        engine's dummy), ``block_bytes``."""
+        buf = self.context.memory_buffer
+        return {"bytes": buf.numel() * buf.element_size(), "blocks": self._block_allocator.total_count,
+                "block_bytes": self.context.block_size_bytes}
 
     def _padded_vocab(self) -> int:
         if getattr(self.model, "post_process", False):
@@ -133,15 +130,17 @@ class MegatronGenerationEngine:
     def _megatron_params(self, params: SamplingParams):
         from megatron.core.inference.sampling_params import SamplingParams as MSamplingParams
 
+        from megatron_align.rollout.mcore_inference import api_for
+
         if not params.greedy and params.top_k > 0 and params.top_p < 1.0:
             raise ValueError("rollout sampling: top_k and top_p cannot be combined with the megatron engine "
-                             "(megatron-core 0.16.1 raises inside the step); set one of them off")
+                             "(megatron-core raises inside the step); set one of them off")
         return MSamplingParams(
             temperature=1.0 if params.greedy else params.temperature,
             top_k=1 if params.greedy else params.top_k,
             top_p=0.0 if params.greedy or params.top_p >= 1.0 else params.top_p,
             return_log_probs=True, skip_prompt_log_probs=True, num_tokens_to_generate=params.max_new_tokens,
-            termination_id=params.stop_ids[0] if params.stop_ids else -1)
+            termination_id=params.stop_ids[0] if params.stop_ids else -1, **api_for().sampling_kwargs)
 
     def generate(self, prompts: Sequence[Sequence[int]], params: SamplingParams) -> List[Generation]:
         prompts = [list(map(int, p)) for p in prompts]
@@ -153,7 +152,7 @@ class MegatronGenerationEngine:
                                  f"exceed the engine's max_seq_length={self.max_seq_length}")
         mparams = self._megatron_params(params)
         extra_stops = [[s] for s in params.stop_ids[1:]]
-        with generation_mode(self.model), torch.no_grad():
+        with generation_mode(self.model), self._active(), torch.no_grad():
             self.engine.reset()
             self.wrapper.prep_model_for_inference()
             if params.seed is not None:

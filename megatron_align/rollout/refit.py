@@ -110,6 +110,9 @@ class Refitter:
     (collective over all ranks). ``backend``: ``gloo`` (CPU), ``nccl`` (GPU) or ``nvshmem``."""
 
     def __init__(self, source_chunks, replica, backend: Optional[str] = None) -> None:
+        from megatron_align.runtime import cpu_backend
+
+        cpu_backend.install_refit()
         self.source = unwrap_model(source_chunks)
         self.replica = replica
         self.backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")

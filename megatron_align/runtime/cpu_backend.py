@@ -241,10 +241,30 @@ class _DropPinMemoryMode(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
+_PIN_MEMORY_DROPPED = False
+
+
+def _drop_pin_memory() -> None:
+    global _PIN_MEMORY_DROPPED
+    if not _PIN_MEMORY_DROPPED:
+        _DropPinMemoryMode().__enter__()  # stays active for the life of the process, like _CudaToCpuMode
+        _PIN_MEMORY_DROPPED = True
+
+
 def _inference_pin_memory_0_16() -> None:
     """megatron-core 0.16.1: ``TextGenerationController._init_dynamic_sampling_tensors`` allocates
     ``torch.empty_like(..., pin_memory=True)``."""
-    _DropPinMemoryMode().__enter__()  # stays active for the life of the process, like _CudaToCpuMode
+    _drop_pin_memory()
+
+
+def install_refit() -> None:
+    """Make megatron-core's weight refit (``resharding.swap_model_weights`` over gloo) run on the CPU
+    (no-op with CUDA): from 0.17 (checked on 0.19.2) ``GlooCopyService`` stages every transfer in
+    ``torch.empty(..., pin_memory=True)`` buffers; pinning needs a CUDA runtime, so it is dropped."""
+    if torch.cuda.is_available():
+        return
+    install()
+    _drop_pin_memory()
 
 
 def _inference_nvtx_0_16() -> None:
@@ -276,12 +296,16 @@ def _inference_pipeline_comm_0_16() -> None:
 
 
 def paged_attention_cpu(self, q, k, v, max_seqlen_q, max_seqlen_k, cu_seqlens_q, cu_seqlens_k, seqlens_k,
-                        block_table, is_decode_only):
+                        block_table, is_decode_only, softmax_offset=None):
     """Torch replacement for ``Attention.flash_decode_and_prefill`` (flash-attn kernels on a paged
     KV cache). ``q`` [T, 1, heads, d] (T query tokens of all requests, concatenated, padded at the end);
     ``k``/``v`` [blocks, block_size, groups, d]; ``block_table`` [requests, max_blocks]; ``seqlens_k``
     keys per request (cache + new). Each request's queries are the last ``len_q`` of its ``len_k``
-    positions: causal attention aligned bottom-right. Padding rows of ``q`` give zeros."""
+    positions: causal attention aligned bottom-right. Padding rows of ``q`` give zeros.
+    ``softmax_offset`` (attention sinks; megatron-core >= 0.17 passes it, ``None`` without sinks) is
+    not implemented here."""
+    if softmax_offset is not None:
+        raise NotImplementedError("the torch paged-attention fallback has no attention sinks (softmax_offset)")
     from megatron_align.models.attention import ATTENTION_KERNELS
 
     heads, d = q.shape[-2], q.shape[-1]
@@ -326,13 +350,25 @@ def install_paged_attention_fallback() -> None:
     _inference_paged_attention_0_16()
 
 
+def _inference_kv_append_0_17() -> None:
+    """megatron-core 0.17+ (checked on 0.19.2): ``DynamicInferenceContext.append_key_value_cache`` writes
+    the KV cache with a Triton kernel whenever triton imports (it does with a CUDA build of torch on a
+    machine without a GPU) and that kernel asserts CUDA tensors; its own torch indexing path (taken when
+    triton is missing) does the same write on the CPU."""
+    from megatron.core.inference.contexts import dynamic_context
+
+    dynamic_context.triton_append_key_value_cache = None
+
+
+# (PEP 440 range of megatron-core versions, shim); install_inference() applies those in range.
 INFERENCE_SHIMS = (
-    _inference_events_0_16,
-    _inference_pin_memory_0_16,
-    _inference_nvtx_0_16,
-    _inference_memory_stats_0_16,
-    _inference_pipeline_comm_0_16,
-    _inference_paged_attention_0_16,
+    (">=0.16", _inference_events_0_16),
+    (">=0.16", _inference_pin_memory_0_16),
+    (">=0.16", _inference_nvtx_0_16),
+    (">=0.16", _inference_memory_stats_0_16),
+    (">=0.16", _inference_pipeline_comm_0_16),
+    (">=0.16", _inference_paged_attention_0_16),
+    (">=0.17", _inference_kv_append_0_17),
 )
 
 
@@ -344,6 +380,9 @@ def install_inference() -> None:
     if _INFERENCE_INSTALLED or torch.cuda.is_available():
         return
     install()
-    for shim in INFERENCE_SHIMS:
-        shim()
+    from megatron_align.engine.megatron_fixes import in_range
+
+    for versions, shim in INFERENCE_SHIMS:
+        if in_range(versions):
+            shim()
     _INFERENCE_INSTALLED = True

@@ -30,9 +30,7 @@ def measure_rl(tp: int) -> Dict[str, object]:
 
     built = build_model(ModelConfig(name=MODEL, precision="bf16"), par, seq_length=SEQ)
     engine = MegatronGenerationEngine(built.chunks, max_seq_length=SEQ, **KV)
-    ctx = engine.context
-    out["kv"] = {"bytes": ctx.memory_buffer.numel() * ctx.memory_buffer.element_size(),
-                 "blocks": ctx.block_allocator.total_count, "block_bytes": ctx.block_size_bytes}
+    out["kv"] = engine.kv_cache()
     del engine, built
 
     # a frozen reward model: what its parameters occupy (bf16 layers, the scalar head in fp32)

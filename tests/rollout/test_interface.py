@@ -58,6 +58,21 @@ def test_megatron_engine_parameter_mapping():
         to_m(None, SamplingParams(top_k=20, top_p=0.9))
 
 
+def test_megatron_api_generation_by_version():
+    """One builder per megatron-core inference API generation; the 0.17+ one keeps the stop token (megatron
+    drops a matched stop word unless detokenize_stop_sequence); an unsupported version is one clear error."""
+    from megatron_align.rollout import mcore_inference as mi
+
+    assert mi.api_for("0.16.1").build is mi._build_0_16 and mi.api_for("0.16.1").sampling_kwargs == {}
+    new = mi.api_for("0.19.2")
+    assert new.build is mi._build_0_17 and new.sampling_kwargs == {"detokenize_stop_sequence": True}
+    assert mi.api_for("0.17.0") is new
+    for bad in ("0.15.3", "0.20.0"):
+        with pytest.raises(RuntimeError, match=f"does not support megatron-core {bad}; supported: >=0.16,<0.17, "
+                                               r">=0.17,<0.20"):
+            mi.api_for(bad)
+
+
 @pytest.mark.parametrize("backend", ["sdpa", "flex"])
 def test_attention_with_fewer_queries_than_keys_is_bottom_right_causal(backend):
     """New tokens against a KV cache: query i sits at position sk - sq + i (float64 reference: the last
