@@ -70,7 +70,7 @@ class PlanGRPOConfig(GRPOJobConfig):
 
 @dataclass
 class PlanPPOConfig(PPOJobConfig):
-    __doc__ = PlanGRPOConfig.__doc__.replace("GRPO", "PPO")
+    """A PPO config as the stage reads it, validated for its shape only (see :class:`PlanGRPOConfig`)."""
 
     def validate(self) -> None:
         self.validate_shape()

@@ -12,6 +12,8 @@ Inside a call, texts are sorted by length so that a batch pads little; rows come
 
 from __future__ import annotations
 
+import abc
+
 import json
 import os
 import zlib
@@ -32,13 +34,14 @@ def register_embedder(name: str):
     return deco
 
 
-class Embedder:
+class Embedder(abc.ABC):
     """``embed(texts) -> float32 [len(texts), dim]`` with unit rows; ``name`` says which backend it is."""
 
     name = "?"
 
+    @abc.abstractmethod
     def embed(self, texts: List[str]) -> np.ndarray:
-        raise NotImplementedError
+        """Unit-norm float32 rows, one per text."""
 
 
 def default_model_path() -> str:
